@@ -1,0 +1,398 @@
+"""One configuration schema for the whole project.
+
+Every tunable of vlsam_ros is a field of one of the frozen dataclasses below. The same
+schema feeds:
+
+* the YAML files in ``config/`` (ROS 2 parameter-file layout, nested dicts),
+* the ROS parameters the node declares (dotted names such as ``vlm.model``, with the
+  field's documentation as the parameter description and its range as the constraint),
+* the ``--set key=value`` flags of every command-line tool.
+
+Values are validated once, in ``__post_init__``; an invalid value raises ``ConfigError``
+naming the field. Field metadata keys:
+
+``doc``      one-line description (shown as ROS parameter description and ``--help``);
+``range``    inclusive ``(low, high)`` for numbers;
+``choices``  allowed values for strings;
+``runtime``  True when a change applies from the next frame without reloading models.
+
+This module has no ROS import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+def _field(default: Any, doc: str, *, range: tuple[float, float] | None = None,
+           choices: tuple[str, ...] | None = None, runtime: bool = False) -> Any:
+    meta: dict[str, Any] = {"doc": doc, "runtime": runtime}
+    if range is not None:
+        meta["range"] = range
+    if choices is not None:
+        meta["choices"] = choices
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class _Section:
+    """Mixin: validates every field of a dataclass section against its metadata."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            expected = hints[f.name]
+            if dataclasses.is_dataclass(expected):
+                if not isinstance(value, expected):
+                    raise ConfigError(f"{f.name}: expected a {expected.__name__} section")
+                continue
+            value = _coerce(f.name, value, expected)
+            object.__setattr__(self, f.name, value)
+            choices = f.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{f.name}={value!r}: must be one of {list(choices)}")
+            bounds = f.metadata.get("range")
+            if bounds is not None and not (bounds[0] <= value <= bounds[1]):
+                raise ConfigError(f"{f.name}={value!r}: must lie in [{bounds[0]}, {bounds[1]}]")
+        self._check()
+
+    def _check(self) -> None:
+        """Cross-field checks; overridden by sections that need them."""
+
+
+def _coerce(name: str, value: Any, expected: Any) -> Any:
+    """Converts YAML/CLI/ROS values to the field's declared type, or raises ConfigError."""
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{name}={value!r}: expected true or false")
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{name}={value!r}: expected an integer")
+        try:
+            return int(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={value!r}: expected an integer") from exc
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{name}={value!r}: expected a number")
+        try:
+            return float(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={value!r}: expected a number") from exc
+    if expected is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r}: expected a string")
+        return value
+    if typing.get_origin(expected) is tuple:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name}={value!r}: expected a list of strings")
+        return tuple(value)
+    raise ConfigError(f"{name}: unsupported field type {expected!r}")
+
+
+DEFAULT_QUESTION = (
+    "Describe this driving scene and list every object you can see, including unusual "
+    "objects on or near the road such as debris, animals, fallen cargo or traffic cones. "
+    "Answer with a comma-separated list of object names."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class VlmConfig(_Section):
+    """The vision-language model that names the objects and provides the attention."""
+
+    family: str = _field("llava", "Backend registry key of the VLM architecture.",
+                         choices=("llava", "llava_next", "qwen2_vl", "idefics3"))
+    model: str = _field("llava-hf/llava-1.5-7b-hf",
+                        "Local folder or Hugging Face hub id of the VLM weights. Hub ids "
+                        "must already be in the local cache: nothing is downloaded at run time.")
+    dtype: str = _field("float16", "Torch dtype of the VLM weights.",
+                        choices=("float32", "float16", "bfloat16"))
+    max_new_tokens: int = _field(64, "Maximum number of generated tokens per question.",
+                                 range=(1, 1024), runtime=True)
+    do_sample: bool = _field(False, "Sample instead of greedy decoding (paper: sampling).",
+                             runtime=True)
+    temperature: float = _field(0.8, "Sampling temperature when do_sample (paper: 0.8).",
+                                range=(0.01, 5.0), runtime=True)
+    top_p: float = _field(0.1, "Nucleus sampling mass when do_sample (paper: 0.1).",
+                          range=(0.0, 1.0), runtime=True)
+    seed: int = _field(0, "Seed for sampling; generation is reseeded per frame.",
+                       range=(0, 2**31 - 1), runtime=True)
+    question: str = _field(DEFAULT_QUESTION, "The question that makes the VLM list objects.",
+                           runtime=True)
+    max_object_words: int = _field(4, "Longest object name kept by the parser, in words.",
+                                   range=(1, 16), runtime=True)
+    max_objects: int = _field(16, "Most object names kept per answer (first ones win).",
+                              range=(1, 256), runtime=True)
+    local_files_only: bool = _field(True, "Never reach the Hugging Face hub; load from disk "
+                                    "or the local cache only.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamConfig(_Section):
+    """The promptable segmenter (Segment Anything or MobileSAM)."""
+
+    type: str = _field("vit_t", "SAM variant: vit_h/vit_l/vit_b (segment_anything) or vit_t "
+                       "(mobile_sam).", choices=("vit_h", "vit_l", "vit_b", "vit_t"))
+    checkpoint: str = _field("models/mobile_sam.pt",
+                             "Path of the SAM/MobileSAM state-dict checkpoint (.pt/.pth).")
+    multimask: bool = _field(True, "Ask SAM for 3 candidate masks and keep the best by "
+                             "predicted IoU (recommended for a single point).", runtime=True)
+    mask_threshold: float = _field(0.0, "Logit threshold that binarises SAM's masks.",
+                                   range=(-20.0, 20.0), runtime=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig(_Section):
+    """How the VLM attention becomes one map per object (method.md section 2)."""
+
+    head_weighting: str = _field("meanmax", "Head aggregation: 'meanmax' (paper) or plain "
+                                 "'mean' over heads.", choices=("meanmax", "mean"), runtime=True)
+    meanmax_image_keys_only: bool = _field(False, "Take the MeanMax max over image-token keys "
+                                           "only (guards against attention sinks).", runtime=True)
+    regularize: bool = _field(True, "Column regularisation 1-(L0-1)/N against top-left "
+                              "collapse (paper ablation: 0.1 -> 8.5 mAR).", runtime=True)
+    row_normalize: bool = _field(True, "Row-normalise (I + S') in the attention flow, as in "
+                                 "standard rollout.", runtime=True)
+    use_flow: bool = _field(True, "Attention flow over all layers; False uses the last layer's "
+                            "head-aggregated attention only.", runtime=True)
+    capture: str = _field("fast", "'fast' captures queries/keys under SDPA; 'reference' uses "
+                          "eager attention weights (slow, for tests).",
+                          choices=("fast", "reference"))
+    query_block: int = _field(128, "Query rows processed at once when recomputing attention "
+                              "probabilities (memory/speed trade-off).", range=(1, 65536))
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig(_Section):
+    """Attention map to SAM point prompts (method.md sections 3 and 4)."""
+
+    threshold: float = _field(0.5, "Threshold on the min-max normalised map; weaker "
+                              "activations are dropped.", range=(0.0, 1.0), runtime=True)
+    refinement_rounds: int = _field(2, "Refinement rounds after the first prompt: round 1 "
+                                    "cascades mask logits, later rounds mask out found areas "
+                                    "and sample again (paper: 2).", range=(0, 8), runtime=True)
+    negative_point: bool = _field(True, "Add the negative point at the map minimum outside "
+                                  "the positive area.", runtime=True)
+    min_mask_area_px: int = _field(16, "Masks smaller than this many pixels are discarded.",
+                                   range=(0, 10**8), runtime=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleConfig(_Section):
+    """Multi-scale tiles, question ensemble and merging (method.md section 5)."""
+
+    tiles: bool = _field(False, "Also run the four H/2 x W/2 corner tiles (paper: on).",
+                         runtime=True)
+    num_questions: int = _field(1, "Questions per frame: 1 uses vlm.question only; N > 1 adds "
+                                "N-1 VLM-written rephrasings (paper: 10).",
+                                range=(1, 32), runtime=True)
+    nms_iou: float = _field(0.5, "Mask-IoU above which two detections are merged.",
+                            range=(0.0, 1.0), runtime=True)
+    max_detections: int = _field(100, "Most detections published per frame (by score).",
+                                 range=(1, 10000), runtime=True)
+    min_score: float = _field(0.0, "Detections scoring below this are dropped.",
+                              range=(0.0, 1.0), runtime=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig(_Section):
+    """ROS-side behaviour of the node (ignored by the core)."""
+
+    qos_reliability: str = _field("best_effort", "Input QoS reliability ('best_effort' is "
+                                  "the sensor-data profile).", choices=("best_effort", "reliable"))
+    qos_depth: int = _field(1, "Input QoS history depth (1: only the newest frame).",
+                            range=(1, 100))
+    publish_overlay: bool = _field(True, "Publish ~/overlay when someone subscribes.",
+                                   runtime=True)
+    publish_markers: bool = _field(True, "Publish ~/markers when someone subscribes.",
+                                   runtime=True)
+    diagnostics_period_s: float = _field(1.0, "Period of /diagnostics messages.",
+                                         range=(0.05, 60.0))
+    log_throttle_s: float = _field(5.0, "Minimum interval between repeated warnings.",
+                                   range=(0.0, 3600.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class VlsamConfig(_Section):
+    """Root of the configuration."""
+
+    cameras: tuple[str, ...] = _field(("/cam_front/image_raw",),
+                                      "Image topics to serve (sensor_msgs/Image, or "
+                                      "CompressedImage when the topic ends in /compressed).")
+    device: str = _field("cuda", "Torch device for both models ('cuda', 'cuda:1', 'cpu'). "
+                         "An unavailable device is an error, never a silent CPU fallback.")
+    vlm: VlmConfig = dataclasses.field(default_factory=VlmConfig)
+    sam: SamConfig = dataclasses.field(default_factory=SamConfig)
+    attention: AttentionConfig = dataclasses.field(default_factory=AttentionConfig)
+    prompts: PromptConfig = dataclasses.field(default_factory=PromptConfig)
+    ensemble: EnsembleConfig = dataclasses.field(default_factory=EnsembleConfig)
+    node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
+
+    def _check(self) -> None:
+        if not self.cameras:
+            raise ConfigError("cameras: at least one image topic is required")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            raise ConfigError(f"device={self.device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+# ----------------------------------------------------------------------------------------
+# Flat (dotted) view: ROS parameters and --set flags
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SchemaEntry:
+    """One leaf of the schema under its dotted name, e.g. ``prompts.threshold``."""
+
+    name: str
+    type: Any
+    default: Any
+    doc: str
+    range: tuple[float, float] | None
+    choices: tuple[str, ...] | None
+    runtime: bool
+
+
+def schema(cls: type = VlsamConfig, prefix: str = "") -> Iterator[SchemaEntry]:
+    """Yields every leaf field of the schema, depth first, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            yield from schema(typ, prefix + f.name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        yield SchemaEntry(prefix + f.name, typ, default, f.metadata.get("doc", ""),
+                          f.metadata.get("range"), f.metadata.get("choices"),
+                          bool(f.metadata.get("runtime", False)))
+
+
+def to_flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Config -> ``{"vlm.model": ..., ...}`` (tuples become lists)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(to_flat(value, prefix + f.name + "."))
+        else:
+            out[prefix + f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def to_nested(cfg: Any) -> dict[str, Any]:
+    """Config -> nested dict as written in the YAML files."""
+    nested: dict[str, Any] = {}
+    for key, value in to_flat(cfg).items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return nested
+
+
+def _flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten_dict(v, prefix + str(k) + "."))
+        else:
+            out[prefix + str(k)] = v
+    return out
+
+
+def from_flat(values: Mapping[str, Any], base: VlsamConfig | None = None) -> VlsamConfig:
+    """Builds a validated config from dotted keys layered over ``base`` (or the defaults).
+
+    Unknown keys raise ConfigError, so a typo never goes unnoticed.
+    """
+    known = {e.name for e in schema()}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown configuration key(s): {', '.join(unknown)}")
+    merged = to_flat(base or VlsamConfig())
+    merged.update(values)
+    return _build(VlsamConfig, merged, "")
+
+
+def _build(cls: type, flat: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if dataclasses.is_dataclass(typ):
+            kwargs[f.name] = _build(typ, flat, prefix + f.name + ".")
+        else:
+            kwargs[f.name] = flat[prefix + f.name]
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}{exc}") from None
+
+
+def parameters_from_yaml(path: str | Path, node_name: str = "vlsam") -> dict[str, Any]:
+    """Reads a ROS 2 parameter file and returns its dotted parameters for ``node_name``.
+
+    Accepts the ROS layout (``<node or /**>: {ros__parameters: {...}}``); wildcard
+    (``/**``) entries apply first, then the node's own entry.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of node names to ros__parameters")
+    flat: dict[str, Any] = {}
+    for key in ("/**", node_name, "/" + node_name):
+        entry = data.get(key)
+        if entry is None:
+            continue
+        params = entry.get("ros__parameters") if isinstance(entry, Mapping) else None
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{path}: entry {key!r} has no ros__parameters mapping")
+        flat.update(_flatten_dict(params))
+    if not flat:
+        raise ConfigError(f"{path}: no ros__parameters for '/**' or {node_name!r}")
+    return flat
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                node_name: str = "vlsam") -> VlsamConfig:
+    """Defaults, then the YAML file (if given), then ``overrides`` (dotted keys)."""
+    flat: dict[str, Any] = {}
+    if path is not None:
+        flat.update(parameters_from_yaml(path, node_name))
+    if overrides:
+        flat.update(overrides)
+    return from_flat(flat)
+
+
+def parse_set_flags(items: list[str] | None) -> dict[str, Any]:
+    """``["prompts.threshold=0.4", ...]`` -> ``{"prompts.threshold": "0.4"}``.
+
+    Values stay strings here; the schema coerces them to the field's type.
+    """
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        out[key.strip()] = raw
+    return out

@@ -1,0 +1,22 @@
+"""Exceptions raised by the core. The ROS shell maps each to a log line and a skipped frame."""
+
+
+class VlsamError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+
+class ModelNotFoundError(VlsamError):
+    """Weights named in the configuration are not on disk. The message says what to get and
+    where to put it; nothing is downloaded and nothing falls back to other weights."""
+
+
+class InvalidImageError(VlsamError):
+    """An input image is malformed: wrong shape, dtype, size or encoding."""
+
+
+class AttentionUnavailableError(VlsamError):
+    """The VLM did not expose the attention the method needs (never replaced by zeros)."""
+
+
+class DeviceUnavailableError(VlsamError):
+    """The configured torch device does not exist on this machine."""

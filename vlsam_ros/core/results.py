@@ -1,0 +1,69 @@
+"""Plain result types of the core. No ROS, no torch: numpy and builtins only.
+
+Coordinate frame everywhere: pixels of the source image, x to the right (column), y down
+(row), origin at the top-left corner of the top-left pixel; pixel (r, c) covers
+[c, c+1) x [r, r+1) and its centre is (c + 0.5, r + 0.5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectName:
+    """One object name parsed from the VLM's generated text.
+
+    ``token_span`` is the half-open range [start, end) of the name's tokens, indexed in the
+    generated token sequence (0 = first generated token).
+    """
+
+    name: str
+    token_span: tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class VlmAnswer:
+    """What the VLM said about one image for one question.
+
+    ``attention_maps`` is float32 of shape (K, H, W), one map per entry of ``objects``, min-max
+    normalised to [0, 1] and upsampled to the image that was given (H x W pixels).
+    ``grid_shape`` is the (rows, cols) patch grid the maps were computed on.
+    """
+
+    question: str
+    text: str
+    objects: tuple[ObjectName, ...]
+    attention_maps: np.ndarray
+    grid_shape: tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """One segmented object in the source image.
+
+    ``mask`` is bool (H, W). ``box_xyxy`` is (x0, y0, x1, y1) in pixels with x1/y1 exclusive
+    (the mask's tight extent). ``prompt_points`` is float32 (P, 2) as (x, y) pixels and
+    ``prompt_labels`` int8 (P,) with 1 = positive, 0 = negative.
+    """
+
+    label: str
+    score: float
+    mask: np.ndarray
+    box_xyxy: tuple[int, int, int, int]
+    prompt_points: np.ndarray
+    prompt_labels: np.ndarray
+    alt_labels: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameResult:
+    """Everything the pipeline produced for one frame; times in milliseconds."""
+
+    detections: tuple[Detection, ...]
+    description: str
+    vlm_ms: float
+    segment_ms: float
+    total_ms: float
