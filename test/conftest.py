@@ -1,0 +1,58 @@
+"""Shared fixtures. Every test process keeps ROS 2 traffic on loopback, in its own domain."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Before anything imports rclpy: loopback-only discovery and a per-run domain id, so that
+# parallel runs (CI, developers) never hear each other or anything off this machine.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ["ROS_LOCALHOST_ONLY"] = "1"
+os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 90))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Every test starts from the same random state."""
+    import random
+
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A folder with tiny seeded random models saved exactly as real checkpoints are:
+
+    ``llava/`` (Hugging Face save_pretrained: weights, config, tokenizer, processor) and
+    ``sam_vit_t.pt`` (a MobileSAM state dict).
+    """
+    from vlsam_ros.tools.make_tiny_models import make_tiny_models
+
+    out = tmp_path_factory.mktemp("tiny_models")
+    make_tiny_models(out, families=("llava",), sam_types=("vit_t",), seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_model_dir):
+    """Factory: a CPU VlsamConfig pointing at the tiny models, with dotted overrides."""
+    from vlsam_ros.tools.make_tiny_models import tiny_model_overrides
+    from vlsam_ros.core.config import from_flat
+
+    def make(**overrides):
+        values = tiny_model_overrides(tiny_model_dir)
+        values.update({k.replace("__", "."): v for k, v in overrides.items()})
+        return from_flat(values)
+
+    return make
