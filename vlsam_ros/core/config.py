@@ -110,6 +110,25 @@ DEFAULT_QUESTION = (
     "Answer with a comma-separated list of object names."
 )
 
+# Hand-written rephrasings of the listing question (question ensemble, method.md section 5).
+DEFAULT_ENSEMBLE_QUESTIONS = (
+    "List all the objects you can see in this image, separated by commas.",
+    "What objects are present in this picture? Name each of them, separated by commas.",
+    "Name every object visible in this road scene, as a comma-separated list.",
+    "Which things can be seen in this image? Give a comma-separated list of their names.",
+    "Enumerate all objects in the scene, including small or unusual ones, separated by commas.",
+    "Identify each object in this photo and list their names, separated by commas.",
+    "What is on or near the road in this image? List every object, separated by commas.",
+    "Give the names of all the objects in this image as a comma-separated list.",
+    "Look carefully at the whole image and list each object you find, separated by commas.",
+)
+
+DEFAULT_REPHRASE_PROMPT = (
+    "Write {n} different questions that all ask to list every object in an image, with the "
+    "same meaning as this question: \"{question}\" Write exactly one question per line, "
+    "without numbering or any other text."
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class VlmConfig(_Section):
@@ -154,6 +173,9 @@ class SamConfig(_Section):
                              "predicted IoU (recommended for a single point).", runtime=True)
     mask_threshold: float = _field(0.0, "Logit threshold that binarises SAM's masks.",
                                    range=(-20.0, 20.0), runtime=True)
+    overlap_encoder: bool = _field(True, "Run the SAM image encoder in a worker thread while "
+                                   "the VLM generates (both only need the image).",
+                                   runtime=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +212,12 @@ class PromptConfig(_Section):
                                   "the positive area.", runtime=True)
     min_mask_area_px: int = _field(16, "Masks smaller than this many pixels are discarded.",
                                    range=(0, 10**8), runtime=True)
+    connectivity: int = _field(8, "Pixel connectivity (4 or 8) of the connected components "
+                               "that pick the positive area.", range=(4, 8), runtime=True)
+
+    def _check(self) -> None:
+        if self.connectivity not in (4, 8):
+            raise ConfigError(f"connectivity={self.connectivity}: must be 4 or 8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +226,9 @@ class EnsembleConfig(_Section):
 
     tiles: bool = _field(False, "Also run the four H/2 x W/2 corner tiles (paper: on).",
                          runtime=True)
+    drop_cut_tile_masks: bool = _field(True, "Drop tile masks that touch a tile edge lying "
+                                       "inside the image: they are objects cut by the tile, "
+                                       "which the full view segments whole.", runtime=True)
     num_questions: int = _field(1, "Questions per frame: 1 uses vlm.question only; N > 1 adds "
                                 "N-1 VLM-written rephrasings (paper: 10).",
                                 range=(1, 32), runtime=True)
@@ -207,6 +238,38 @@ class EnsembleConfig(_Section):
                                  range=(1, 10000), runtime=True)
     min_score: float = _field(0.0, "Detections scoring below this are dropped.",
                               range=(0.0, 1.0), runtime=True)
+    question_source: str = _field("generated", "Where the N-1 extra questions come from: "
+                                  "'generated' asks the VLM once (rephrase_prompt) and tops up "
+                                  "from ensemble.questions when its answer has too few usable "
+                                  "lines; 'config' uses ensemble.questions only.",
+                                  choices=("generated", "config"), runtime=True)
+    questions: tuple[str, ...] = _field(DEFAULT_ENSEMBLE_QUESTIONS,
+                                        "Hand-written listing questions, used in order for "
+                                        "question_source=config and as the fallback for "
+                                        "rejected generated rephrasings.", runtime=True)
+    rephrase_prompt: str = _field(DEFAULT_REPHRASE_PROMPT,
+                                  "Text-only prompt that makes the VLM write the rephrasings; "
+                                  "{n} and {question} are filled in.", runtime=True)
+    rephrase_max_new_tokens: int = _field(512, "Token budget of the one-off generation of "
+                                          "the rephrasings (replaces vlm.max_new_tokens there).",
+                                          range=(1, 8192), runtime=True)
+    question_min_words: int = _field(3, "Generated rephrasings with fewer words are rejected.",
+                                     range=(1, 100), runtime=True)
+    question_max_words: int = _field(60, "Generated rephrasings with more words are rejected.",
+                                     range=(1, 1000), runtime=True)
+
+    def _check(self) -> None:
+        if self.question_min_words > self.question_max_words:
+            raise ConfigError("question_min_words must not exceed question_max_words")
+        for placeholder in ("{n}", "{question}"):
+            if placeholder not in self.rephrase_prompt:
+                raise ConfigError(f"rephrase_prompt: must contain the placeholder {placeholder}")
+        if self.question_source == "config" and len(self.questions) < self.num_questions - 1:
+            raise ConfigError(f"question_source=config with num_questions={self.num_questions} "
+                              f"needs {self.num_questions - 1} entries in questions, found "
+                              f"{len(self.questions)}")
+        if any(not q.strip() for q in self.questions):
+            raise ConfigError("questions: entries must not be empty")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +288,30 @@ class NodeConfig(_Section):
                                          range=(0.05, 60.0))
     log_throttle_s: float = _field(5.0, "Minimum interval between repeated warnings.",
                                    range=(0.0, 3600.0))
+    max_image_pixels: int = _field(50_000_000, "Largest input image accepted, in pixels "
+                                   "(height x width); bigger frames are rejected as malformed "
+                                   "before any decoding (8K is 33 Mpx).", range=(1, 2**31 - 1))
+    uint16_scaling: str = _field("shift", "How 16-bit images (mono16, 16UC*, rgb16, bayer*16) "
+                                 "become 8-bit: 'shift' keeps the top byte (value >> 8, stable "
+                                 "across frames); 'minmax' stretches each frame's own range to "
+                                 "0..255 (for 12-bit or depth-like data). Float images always use "
+                                 "min-max.", choices=("shift", "minmax"), runtime=True)
+    overlay_alpha: float = _field(0.5, "Opacity of the mask colour in ~/overlay.",
+                                  range=(0.0, 1.0), runtime=True)
+    overlay_line_px: int = _field(2, "Box line width in ~/overlay, in pixels.", range=(1, 64),
+                                  runtime=True)
+    overlay_font_px: int = _field(14, "Label text height in ~/overlay, in pixels.",
+                                  range=(4, 256), runtime=True)
+    marker_plane_distance_m: float = _field(1.0, "~/markers are drawn on the plane this far in "
+                                            "front of the camera (z of the optical frame).",
+                                            range=(0.01, 1000.0), runtime=True)
+    marker_horizontal_fov_deg: float = _field(90.0, "Horizontal field of view assumed when "
+                                              "placing ~/markers (no camera intrinsics are used): "
+                                              "the image width spans this angle.",
+                                              range=(1.0, 179.0), runtime=True)
+    vision_msgs: str = _field("auto", "Publish ~/detections_2d (vision_msgs/Detection2DArray): "
+                              "'auto' when vision_msgs is importable, 'on' requires it (error if "
+                              "missing), 'off' never.", choices=("auto", "on", "off"))
 
 
 @dataclasses.dataclass(frozen=True)

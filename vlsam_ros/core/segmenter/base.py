@@ -1,4 +1,8 @@
-"""The PromptableSegmenter protocol (SAM-style point + mask prompts)."""
+"""The PromptableSegmenter protocol (SAM-style point + mask prompts).
+
+Points follow the frame of ``vlsam_ros.core.results``: continuous pixel coordinates (x, y),
+x to the right, y down, the centre of pixel (row r, column c) at (c + 0.5, r + 0.5).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,14 @@ import dataclasses
 from typing import Any, Protocol
 
 import numpy as np
+
+from vlsam_ros.core.config import SamConfig
+
+LOW_RES_MASK_SIZE = 256
+"""Side of SAM's low-resolution mask logits (fixed by the SAM architecture)."""
+
+PADDING_LABEL = -1
+"""Point label that marks padding: the decoder ignores the point (SAM's not-a-point)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +43,13 @@ class PromptableSegmenter(Protocol):
                 mask_logits: np.ndarray | None = None) -> SegmentationBatch:
         """One batched decoder call.
 
-        points: float32 (K, P, 2), (x, y) pixels in the embedded image.
-        labels: int (K, P), 1 positive / 0 negative.
+        points: float32 (K, P, 2), (x, y) pixels in the embedded image (module docstring).
+        labels: int (K, P), 1 positive / 0 negative / -1 padding (ignored).
         mask_logits: optional float32 (K, 1, 256, 256) from a previous call.
         """
+        ...
+
+    def configure(self, sam_cfg: SamConfig) -> None:
+        """Applies the runtime settings of ``sam_cfg`` (multimask, mask_threshold) from the
+        next ``segment`` call on. Model-defining fields (type, checkpoint) are ignored here."""
         ...

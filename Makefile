@@ -1,0 +1,51 @@
+# vlsam_ros: the two commands a newcomer needs are `make demo` and `make test`.
+# Both set up everything they need (venv, ROS 2 wheels, message build, tiny models).
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH_PINS := torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+endif
+DEPS_STAMP := $(VENV)/.vlsam-deps
+BUILD_STAMP := install/.vlsam-build
+ROS_ENV := source scripts/ros_env.sh
+DEMO_OUT ?= out/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup build test test-slow demo bench clean
+
+setup: $(DEPS_STAMP)
+
+$(DEPS_STAMP): requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
+	touch $@
+
+build: $(BUILD_STAMP)
+
+$(BUILD_STAMP): $(DEPS_STAMP) package.xml CMakeLists.txt $(wildcard msg/*.msg)
+	VIRTUAL_ENV=$(abspath $(VENV)) bash scripts/build_ros.sh
+	touch $@
+
+test: build
+	$(ROS_ENV) && $(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: build
+	$(ROS_ENV) && $(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+demo: build
+	$(ROS_ENV) && $(PY) -m vlsam_ros.tools.demo --out $(DEMO_OUT)
+
+bench: build
+	$(ROS_ENV) && $(PY) bench/attention.py && $(PY) bench/segment.py && $(PY) bench/node.py
+
+clean:
+	rm -rf build install log out

@@ -1,0 +1,591 @@
+"""Class-agnostic recall (CODA protocol) and LVIS-style AP, on top of pycocotools.
+
+No ROS import. Inputs are COCO-format dicts (or JSON files):
+
+* ground truth: ``{"images": [{"id", "file_name", "width", "height"}, ...],
+  "annotations": [{"id", "image_id", "category_id", "bbox": [x, y, w, h], ...}, ...],
+  "categories": [{"id", "name", "supercategory"?, "frequency"?}, ...]}``;
+* detections: a list of COCO result dicts ``{"image_id", "bbox": [x, y, w, h], "score",
+  "segmentation"?: RLE, "label"?: free text}``.
+
+Boxes are ``[x, y, width, height]`` in pixels of the image (x right, y down, origin at the
+top-left corner of the top-left pixel), as in COCO.
+
+**CODA protocol (method.md section 7).** Every ground-truth and predicted ``category_id``
+is set to 1 and pycocotools' COCOeval runs the ``bbox`` evaluation with its default
+parameters (IoU 0.50:0.05:0.95, maxDets 1/10/100). Then
+
+* ``mAR``  = ``stats[8]`` (AR over IoU 0.50:0.95, area all, maxDets 100),
+* ``AR1``  = ``stats[6]``, ``AR10`` = ``stats[7]``,
+* ``AR50`` = ``eval["recall"][0, 0, 0, -1]`` and ``AR75`` = ``eval["recall"][5, 0, 0, -1]``
+  (IoU index 0 and 5, the single collapsed category, area "all", maxDets 100),
+* ``recall_vs_iou`` = ``eval["recall"][:, 0, 0, -1]`` for the ten IoU thresholds.
+
+All recalls are fractions in [0, 1] (the paper prints them times 100). When the ground
+truth has no object at all, COCOeval has nothing to recall and the figures are ``None``.
+
+**Per category.** Predictions carry no category (open vocabulary), so recall for a group
+of original categories (one CODA category name, or a supercategory such as "common" /
+"novel") is the class-agnostic evaluation of *all* predictions against the ground truth
+restricted to that group's annotations. A prediction that would have matched an object of
+another group may then match an object of this group instead, exactly as pycocotools does
+when run on the filtered file.
+
+**LVIS-style mode.** Free-text labels are mapped to the category list by the cosine
+similarity of text embeddings (``"a {name}"`` by default, as the paper does with CLIP),
+through any :class:`TextEncoder`; then the class-aware COCOeval computes box and mask AP
+over the rare categories (``frequency == "r"``). Where images carry LVIS'
+``neg_category_ids`` / ``not_exhaustive_category_ids``, predictions of categories that are
+neither annotated nor listed as negative in an image are dropped before scoring (LVIS'
+federated rule); the official ``lvis`` API also ignores unmatched predictions of
+not-exhaustive categories, which pycocotools cannot express, so numbers can differ slightly
+from the official LVIS evaluator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+IOU_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.linspace(0.5, 0.95, 10))
+"""The ten IoU thresholds of COCOeval (0.50:0.05:0.95), index 0 = 0.50, index 5 = 0.75."""
+
+AGNOSTIC_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
+
+
+class EvaluationInputError(ValueError):
+    """Ground truth or detections are malformed; the message names the file and entry."""
+
+
+# ----------------------------------------------------------------------------------------
+# Loading and validation
+# ----------------------------------------------------------------------------------------
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise EvaluationInputError(f"{path}: file not found") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EvaluationInputError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _check_box(box: Any, where: str) -> list[float]:
+    if (not isinstance(box, (list, tuple)) or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+        raise EvaluationInputError(f"{where}: 'bbox' must be [x, y, width, height] numbers, "
+                                   f"got {box!r}")
+    if box[2] < 0 or box[3] < 0 or not all(math.isfinite(v) for v in box):
+        raise EvaluationInputError(f"{where}: 'bbox' {box!r} has a negative or non-finite size")
+    return [float(v) for v in box]
+
+
+def load_ground_truth(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """Reads and validates a COCO ground-truth file or dict; returns a normalised deep copy.
+
+    Missing optional fields get COCO's defaults: ``iscrowd`` 0 and ``area`` = box width x
+    height (pycocotools needs ``area`` for its area ranges). Raises EvaluationInputError
+    naming the file and the entry on anything malformed: missing keys, duplicate ids,
+    annotations of unknown images or categories.
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "<ground truth>"
+    data = _read_json(Path(source)) if isinstance(source, (str, Path)) else copy.deepcopy(
+        dict(source))
+    if not isinstance(data, dict):
+        raise EvaluationInputError(f"{name}: expected a JSON object with images, annotations "
+                                   "and categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise EvaluationInputError(f"{name}: missing list {key!r}")
+    image_ids: set[int] = set()
+    for i, img in enumerate(data["images"]):
+        where = f"{name}: images[{i}]"
+        if not isinstance(img, dict) or not isinstance(img.get("id"), int):
+            raise EvaluationInputError(f"{where}: needs an integer 'id'")
+        if img["id"] in image_ids:
+            raise EvaluationInputError(f"{where}: duplicate image id {img['id']}")
+        image_ids.add(img["id"])
+    cat_ids: set[int] = set()
+    for i, cat in enumerate(data["categories"]):
+        where = f"{name}: categories[{i}]"
+        if not isinstance(cat, dict) or not isinstance(cat.get("id"), int) or not isinstance(
+                cat.get("name"), str):
+            raise EvaluationInputError(f"{where}: needs an integer 'id' and a string 'name'")
+        if cat["id"] in cat_ids:
+            raise EvaluationInputError(f"{where}: duplicate category id {cat['id']}")
+        cat_ids.add(cat["id"])
+    ann_ids: set[int] = set()
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{name}: annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise EvaluationInputError(f"{where}: expected an object")
+        for key in ("id", "image_id", "category_id"):
+            if not isinstance(ann.get(key), int):
+                raise EvaluationInputError(f"{where}: needs an integer {key!r}")
+        if ann["id"] in ann_ids:
+            raise EvaluationInputError(f"{where}: duplicate annotation id {ann['id']}")
+        ann_ids.add(ann["id"])
+        if ann["image_id"] not in image_ids:
+            raise EvaluationInputError(f"{where}: image_id {ann['image_id']} is not in images")
+        if ann["category_id"] not in cat_ids:
+            raise EvaluationInputError(
+                f"{where}: category_id {ann['category_id']} is not in categories")
+        ann["bbox"] = _check_box(ann.get("bbox"), where)
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
+    return data
+
+
+def load_detections(source: str | Path | Iterable[Mapping[str, Any]],
+                    gt: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Reads and validates COCO result dicts (a JSON list file or an iterable).
+
+    Each needs ``image_id`` (int), ``bbox`` ``[x, y, w, h]`` and ``score``; ``category_id``,
+    ``segmentation`` (RLE) and ``label`` are optional. With ``gt``, an ``image_id`` that is
+    not in the ground truth raises EvaluationInputError (pycocotools would only assert).
+    """
+    name = str(source) if isinstance(source, (str, Path)) else "<detections>"
+    data = _read_json(Path(source)) if isinstance(source, (str, Path)) else [
+        dict(d) for d in source]
+    if not isinstance(data, list):
+        raise EvaluationInputError(f"{name}: expected a JSON list of detections")
+    known = {img["id"] for img in gt["images"]} if gt is not None else None
+    out = []
+    for i, det in enumerate(data):
+        where = f"{name}: detections[{i}]"
+        if not isinstance(det, dict):
+            raise EvaluationInputError(f"{where}: expected an object")
+        if not isinstance(det.get("image_id"), int):
+            raise EvaluationInputError(f"{where}: needs an integer 'image_id'")
+        if known is not None and det["image_id"] not in known:
+            raise EvaluationInputError(
+                f"{where}: image_id {det['image_id']} is not in the ground truth")
+        score = det.get("score")
+        if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(
+                score):
+            raise EvaluationInputError(f"{where}: needs a finite number 'score'")
+        det = copy.deepcopy(det)
+        det["bbox"] = _check_box(det.get("bbox"), where)
+        out.append(det)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# pycocotools plumbing
+# ----------------------------------------------------------------------------------------
+
+def _coco_from_dict(dataset: Mapping[str, Any]):
+    """A pycocotools COCO object over an in-memory dataset, without its prints."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = dict(dataset)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _coco_results(coco_gt, detections: list[dict[str, Any]], iou_type: str):
+    """COCO.loadRes for a non-empty list; an empty result set otherwise (loadRes would fail
+    on an empty list with an IndexError)."""
+    if detections:
+        if iou_type == "segm":
+            missing = [i for i, d in enumerate(detections) if "segmentation" not in d]
+            if missing:
+                raise EvaluationInputError(
+                    f"detections[{missing[0]}]: mask AP needs a 'segmentation' in every "
+                    f"detection ({len(missing)} lack one)")
+        with contextlib.redirect_stdout(io.StringIO()):
+            return coco_gt.loadRes(copy.deepcopy(detections))
+    return _coco_from_dict({"images": coco_gt.dataset["images"], "annotations": [],
+                            "categories": copy.deepcopy(coco_gt.dataset["categories"])})
+
+
+def _run_cocoeval(gt: Mapping[str, Any], detections: list[dict[str, Any]], iou_type: str,
+                  cat_ids: Sequence[int] | None = None, max_dets: Sequence[int] = (1, 10, 100)):
+    """Runs COCOeval evaluate/accumulate/summarize quietly and returns it."""
+    from pycocotools.cocoeval import COCOeval
+
+    coco_gt = _coco_from_dict(gt)
+    coco_dt = _coco_results(coco_gt, detections, iou_type)
+    ev = COCOeval(coco_gt, coco_dt, iou_type)
+    ev.params.maxDets = list(max_dets)
+    if cat_ids is not None:
+        ev.params.catIds = list(cat_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev
+
+
+def collapse_categories(gt: Mapping[str, Any],
+                        detections: Sequence[Mapping[str, Any]],
+                        keep_category_ids: Iterable[int] | None = None,
+                        ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Class-agnostic copies: every ``category_id`` becomes 1 (method.md section 7).
+
+    With ``keep_category_ids``, only ground-truth annotations of those original categories
+    are kept (per-category recall); all detections are always kept.
+    """
+    keep = None if keep_category_ids is None else set(keep_category_ids)
+    anns = []
+    for ann in gt["annotations"]:
+        if keep is None or ann["category_id"] in keep:
+            ann = dict(ann)
+            ann["category_id"] = AGNOSTIC_CATEGORY["id"]
+            anns.append(ann)
+    agnostic_gt = {k: v for k, v in gt.items() if k not in ("annotations", "categories")}
+    agnostic_gt.update(annotations=anns, categories=[dict(AGNOSTIC_CATEGORY)])
+    dets = []
+    for det in detections:
+        det = dict(det)
+        det["category_id"] = AGNOSTIC_CATEGORY["id"]
+        dets.append(det)
+    return agnostic_gt, dets
+
+
+# ----------------------------------------------------------------------------------------
+# Class-agnostic recall
+# ----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RecallResult:
+    """Class-agnostic recall figures, fractions in [0, 1]; ``None`` where nothing to recall.
+
+    ``recall_vs_iou`` has one entry per threshold of :data:`IOU_THRESHOLDS` (maxDets 100).
+    """
+
+    mAR: float | None
+    AR50: float | None
+    AR75: float | None
+    AR1: float | None
+    AR10: float | None
+    recall_vs_iou: tuple[float | None, ...]
+    num_gt: int
+    num_images: int
+    num_detections: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _none_if_missing(value: float) -> float | None:
+    """COCOeval writes -1 where no ground truth exists."""
+    return None if value < 0 else float(value)
+
+
+def class_agnostic_recall(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]],
+                          keep_category_ids: Iterable[int] | None = None) -> RecallResult:
+    """CODA scoring (method.md section 7) of validated ground truth and detections.
+
+    See the module docstring for the exact pycocotools indices. ``keep_category_ids``
+    restricts the ground truth to some original categories (per-category recall).
+    """
+    agnostic_gt, dets = collapse_categories(gt, detections, keep_category_ids)
+    ev = _run_cocoeval(agnostic_gt, dets, "bbox")
+    recall = ev.eval["recall"]  # (T=10 IoU, K=1 category, A=4 areas, M=3 maxDets)
+    curve = tuple(_none_if_missing(recall[t, 0, 0, -1]) for t in range(len(IOU_THRESHOLDS)))
+    return RecallResult(
+        mAR=_none_if_missing(ev.stats[8]), AR50=curve[0], AR75=curve[5],
+        AR1=_none_if_missing(ev.stats[6]), AR10=_none_if_missing(ev.stats[7]),
+        recall_vs_iou=curve, num_gt=len(agnostic_gt["annotations"]),
+        num_images=len(agnostic_gt["images"]), num_detections=len(dets))
+
+
+def category_groups(gt: Mapping[str, Any], key: str) -> dict[str, list[int]]:
+    """Original category ids grouped by a category field (``"name"`` or ``"supercategory"``).
+
+    Categories that lack the field are left out; insertion order follows ``categories``.
+    """
+    groups: dict[str, list[int]] = {}
+    for cat in gt["categories"]:
+        value = cat.get(key)
+        if isinstance(value, str) and value:
+            groups.setdefault(value, []).append(cat["id"])
+    return groups
+
+
+def evaluate_coda(gt_source: str | Path | Mapping[str, Any],
+                  det_source: str | Path | Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Full CODA-style report: overall class-agnostic recall, then per category name and
+    per supercategory (CODA's "common" / "novel"), as a JSON-ready dict."""
+    gt = load_ground_truth(gt_source)
+    dets = load_detections(det_source, gt)
+    report: dict[str, Any] = {
+        "protocol": "class-agnostic COCOeval bbox (all category_id = 1), maxDets 100; "
+                    "mAR = stats[8], AR50/AR75 = recall[0/5, 0, 0, -1], AR1 = stats[6], "
+                    "AR10 = stats[7]; fractions in [0, 1]",
+        "iou_thresholds": list(IOU_THRESHOLDS),
+        "overall": class_agnostic_recall(gt, dets).as_dict(),
+    }
+    for key, title in (("name", "per_category"), ("supercategory", "per_supercategory")):
+        groups = category_groups(gt, key)
+        report[title] = {group: class_agnostic_recall(gt, dets, ids).as_dict()
+                         for group, ids in groups.items()}
+    return report
+
+
+def write_report(report: Mapping[str, Any], path: str | Path) -> Path:
+    """Writes the report as indented JSON (keys in insertion order) and returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def plot_recall_vs_iou(report: Mapping[str, Any], path: str | Path,
+                       title: str = "Class-agnostic recall vs IoU threshold") -> Path:
+    """PNG of recall (maxDets 100) against the IoU threshold: the overall curve plus one
+    curve per supercategory. Uses matplotlib's Agg backend (no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    thresholds = report["iou_thresholds"]
+    curves = [("all", report["overall"])] + list(report.get("per_supercategory", {}).items())
+    for name, result in curves:
+        ys = [np.nan if v is None else v for v in result["recall_vs_iou"]]
+        mar = result["mAR"]
+        label = f"{name} (mAR {mar * 100:.1f})" if mar is not None else f"{name} (no objects)"
+        ax.plot(thresholds, ys, marker="o", label=label)
+    ax.set_xlabel("IoU threshold")
+    ax.set_ylabel("recall (maxDets 100)")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+# ----------------------------------------------------------------------------------------
+# LVIS-style mode: free-text labels -> categories by text embeddings
+# ----------------------------------------------------------------------------------------
+
+class TextEncoder(Protocol):
+    """Anything that embeds strings: returns float32 (N, D), one row per text."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class HashingTextEncoder:
+    """Deterministic, dependency-free encoder: hashed character n-grams of the lower-cased,
+    space-padded text, L2-normalised.
+
+    It only measures spelling overlap, not meaning ("puppy" is far from "dog"): use it for
+    tests and as a last resort; pass a real sentence or CLIP text encoder for real scores.
+    """
+
+    def __init__(self, dim: int = 512, ngram: int = 3) -> None:
+        if dim < 1 or ngram < 1:
+            raise ValueError("dim and ngram must be positive")
+        self.dim = dim
+        self.ngram = ngram
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            padded = f" {' '.join(text.lower().split())} "
+            for i in range(max(1, len(padded) - self.ngram + 1)):
+                gram = padded[i:i + self.ngram].encode()
+                digest = hashlib.blake2b(gram, digest_size=8).digest()
+                out[row, int.from_bytes(digest, "little") % self.dim] += 1.0
+            norm = np.linalg.norm(out[row])
+            if norm > 0:
+                out[row] /= norm
+        return out
+
+
+class TransformersTextEncoder:
+    """Mean-pooled, L2-normalised token embeddings of a local Hugging Face text model
+    (e.g. a folder holding sentence-transformers/all-MiniLM-L6-v2). Never downloads:
+    ``model_path`` must be a folder on disk."""
+
+    def __init__(self, model_path: str | Path, device: str = "cpu", max_length: int = 32):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(model_path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"text encoder folder not found: {path}")
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        self.device = device
+        self.max_length = max_length
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        torch = self._torch
+        batch = self.tokenizer(list(texts), padding=True, truncation=True,
+                               max_length=self.max_length, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            hidden = self.model(**batch).last_hidden_state  # (N, T, D)
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (N, D)
+        pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return pooled.float().cpu().numpy()
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"text encoder must return (N, D) embeddings, got shape {x.shape}")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def map_labels_to_categories(labels: Sequence[str], categories: Sequence[Mapping[str, Any]],
+                             encoder: TextEncoder, template: str = "a {}",
+                             min_similarity: float | None = None,
+                             ) -> list[tuple[int | None, float]]:
+    """Maps each free-text label to the category whose ``template.format(name)`` embedding
+    has the highest cosine similarity with ``template.format(label)``.
+
+    Category names use spaces for underscores (LVIS writes ``traffic_cone``). Returns one
+    ``(category_id, similarity)`` per label; ``category_id`` is None when the best similarity
+    is below ``min_similarity``. Ties go to the first category in list order.
+    """
+    if not categories:
+        raise ValueError("no categories to map labels to")
+    if not labels:
+        return []
+    names = [template.format(str(c["name"]).replace("_", " ")) for c in categories]
+    cat_emb = _unit_rows(encoder.encode(names))  # (C, D)
+    lab_emb = _unit_rows(encoder.encode([template.format(label) for label in labels]))  # (N, D)
+    if cat_emb.shape[1] != lab_emb.shape[1]:
+        raise ValueError("text encoder returned embeddings of different widths")
+    sim = lab_emb @ cat_emb.T  # (N, C) cosine similarities
+    best = np.argmax(sim, axis=1)
+    out: list[tuple[int | None, float]] = []
+    for row, col in enumerate(best):
+        s = float(sim[row, col])
+        cid = categories[col]["id"] if min_similarity is None or s >= min_similarity else None
+        out.append((cid, s))
+    return out
+
+
+def apply_federated_rule(gt: Mapping[str, Any],
+                         detections: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Drops detections whose category is neither annotated in their image nor listed in the
+    image's ``neg_category_ids`` (LVIS' federated rule). Images without
+    ``neg_category_ids`` keep all their detections."""
+    positives: dict[int, set[int]] = {}
+    for ann in gt["annotations"]:
+        positives.setdefault(ann["image_id"], set()).add(ann["category_id"])
+    negatives = {img["id"]: set(img["neg_category_ids"]) for img in gt["images"]
+                 if "neg_category_ids" in img}
+    out = []
+    for det in detections:
+        image_id = det["image_id"]
+        if image_id not in negatives:
+            out.append(dict(det))
+            continue
+        allowed = positives.get(image_id, set()) | negatives[image_id]
+        if det["category_id"] in allowed:
+            out.append(dict(det))
+    return out
+
+
+def mean_average_precision(precision: np.ndarray) -> float | None:
+    """AP over IoU 0.50:0.95, area "all", the last maxDets, from COCOeval's ``precision``
+    array (T, R, K, A, M): the mean of its valid (> -1) entries, as ``_summarize`` does.
+    (``stats[0]`` itself is hard-wired to maxDets 100 in pycocotools.)"""
+    values = precision[:, :, :, 0, -1]
+    valid = values[values > -1]
+    return float(np.mean(valid)) if valid.size else None
+
+
+def evaluate_lvis_style(gt_source: str | Path | Mapping[str, Any],
+                        det_source: str | Path | Iterable[Mapping[str, Any]],
+                        encoder: TextEncoder, frequencies: Sequence[str] = ("r",),
+                        template: str = "a {}", min_similarity: float | None = None,
+                        iou_types: Sequence[str] = ("bbox", "segm"),
+                        max_dets: int = 300) -> dict[str, Any]:
+    """Maps each detection's ``label`` to a category, then class-aware AP over the
+    categories whose ``frequency`` is in ``frequencies`` (LVIS "r" = rare).
+
+    Returns ``{"AP": {"bbox": ..., "segm": ...}, "num_categories", "num_mapped",
+    "num_unmapped", "label_map": {label: [category name or None, similarity]}}``; AP is a
+    fraction (IoU 0.50:0.95, area all, maxDets ``max_dets``, as LVIS uses 300) or None when
+    none of the evaluated categories has ground truth. Mask AP needs a ``segmentation`` in
+    every ground-truth annotation and detection.
+    """
+    gt = load_ground_truth(gt_source)
+    dets = load_detections(det_source, gt)
+    for i, det in enumerate(dets):
+        if not isinstance(det.get("label"), str):
+            raise EvaluationInputError(f"detections[{i}]: LVIS-style mode needs a text 'label'")
+    if "segm" in iou_types:
+        for i, ann in enumerate(gt["annotations"]):
+            if "segmentation" not in ann:
+                raise EvaluationInputError(
+                    f"annotations[{i}]: mask AP needs a 'segmentation' in the ground truth")
+    eval_cats = [c for c in gt["categories"] if c.get("frequency") in frequencies]
+    if not eval_cats:
+        raise EvaluationInputError(
+            f"no category has frequency in {list(frequencies)}: nothing to evaluate")
+    labels = sorted({d["label"] for d in dets})
+    mapping = dict(zip(labels, map_labels_to_categories(
+        labels, gt["categories"], encoder, template, min_similarity)))
+    mapped = []
+    for det in dets:
+        cid, _ = mapping[det["label"]]
+        if cid is not None:
+            det = dict(det)
+            det["category_id"] = cid
+            mapped.append(det)
+    mapped = apply_federated_rule(gt, mapped)
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    result: dict[str, Any] = {"AP": {}, "frequencies": list(frequencies),
+                              "num_categories": len(eval_cats),
+                              "num_detections": len(dets), "num_mapped": len(mapped),
+                              "num_unmapped": sum(1 for d in dets if mapping[d["label"]][0] is None),
+                              "label_map": {lab: [names.get(cid) if cid is not None else None,
+                                                  sim] for lab, (cid, sim) in mapping.items()}}
+    cat_ids = [c["id"] for c in eval_cats]
+    for iou_type in iou_types:
+        ev = _run_cocoeval(gt, mapped, iou_type, cat_ids=cat_ids, max_dets=(1, 10, max_dets))
+        result["AP"][iou_type] = mean_average_precision(ev.eval["precision"])
+    return result
+
+
+# ----------------------------------------------------------------------------------------
+# Core results -> COCO result dicts
+# ----------------------------------------------------------------------------------------
+
+def detection_to_coco(image_id: int, label: str, score: float,
+                      box_xyxy: Sequence[float], mask: np.ndarray | None = None,
+                      ) -> dict[str, Any]:
+    """One COCO result dict from a core detection.
+
+    ``box_xyxy`` is (x0, y0, x1, y1) pixels with x1/y1 exclusive, so width = x1 - x0.
+    ``mask`` (bool (H, W)), when given, becomes a compressed RLE ``segmentation`` whose
+    ``counts`` is a str (JSON-ready).
+    """
+    x0, y0, x1, y1 = (float(v) for v in box_xyxy)
+    det: dict[str, Any] = {"image_id": int(image_id), "category_id": AGNOSTIC_CATEGORY["id"],
+                           "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score),
+                           "label": label}
+    if mask is not None:
+        from pycocotools import mask as mask_utils
+
+        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        det["segmentation"] = {"size": [int(s) for s in rle["size"]],
+                               "counts": rle["counts"].decode("ascii")}
+    return det

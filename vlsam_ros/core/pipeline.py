@@ -1,0 +1,269 @@
+"""The core orchestrator: one RGB frame in, one FrameResult out (method.md sections 1-5).
+
+Per frame:
+
+1. views = the full image, plus its four corner tiles when ``ensemble.tiles``;
+2. the questions (``questions.QuestionCache``, built once per configuration);
+3. ONE ``vlm.describe`` batch over every (view, question) pair, while a worker thread runs
+   the SAM image encoder once per view (``sam.overlap_encoder``);
+4. per view, every named object of every question is prompted and refined
+   (``refinement.segment_objects``: one decoder call per round for all of them);
+5. tile masks touching a tile edge inside the image are dropped
+   (``ensemble.drop_cut_tile_masks``: cut objects; the full view segments them whole);
+6. merging: mask-IoU NMS within each view, then across views in the full frame (two stages
+   only to keep masks compact; both use ``ensemble.nms_iou``). The kept detection keeps its
+   label; the labels it absorbed become ``alt_labels``. Then ``ensemble.min_score`` and the
+   ``ensemble.max_detections`` best by score.
+
+Detection score = SAM's predicted IoU x mean normalised attention inside the mask
+(``prompts.detection_score``); merging keeps the highest score of its group.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from vlsam_ros.core.config import ConfigError, VlsamConfig, schema, to_flat
+from vlsam_ros.core.errors import InvalidImageError
+from vlsam_ros.core.masks import (box_from_mask, decode_rle, encode_rle, mask_nms,
+                                  merge_labels, rle_box)
+from vlsam_ros.core.questions import QuestionCache
+from vlsam_ros.core.refinement import Candidate, DecodeStats, ObjectMap, segment_objects
+from vlsam_ros.core.results import Detection, FrameResult, VlmAnswer
+from vlsam_ros.core.segmenter.base import PromptableSegmenter
+from vlsam_ros.core.tiles import View, make_views
+from vlsam_ros.core.vlm.base import VisionLanguageModel
+
+LOG = logging.getLogger(__name__)
+
+# Sections whose non-runtime fields define loaded models; the core ignores cameras/node.*.
+_MODEL_SECTIONS = ("device", "vlm.", "sam.", "attention.", "prompts.", "ensemble.")
+
+
+def check_image(image: Any, min_side: int = 1) -> None:
+    """Raises InvalidImageError unless ``image`` is an RGB uint8 (H, W, 3) numpy array with
+    both sides >= ``min_side``."""
+    if not isinstance(image, np.ndarray):
+        raise InvalidImageError(f"expected an RGB uint8 numpy array (H, W, 3), got "
+                                f"{type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise InvalidImageError(f"expected dtype uint8 (RGB, 0..255), got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidImageError(f"expected shape (H, W, 3) (RGB), got {image.shape}")
+    if image.shape[0] < min_side or image.shape[1] < min_side:
+        raise InvalidImageError(f"image of {image.shape[0]} x {image.shape[1]} pixels is too "
+                                f"small (each side must be >= {min_side})")
+
+
+def model_fields_changed(old: VlsamConfig, new: VlsamConfig) -> list[str]:
+    """Dotted names of non-runtime fields (model-defining) that differ between configs."""
+    before, after = to_flat(old), to_flat(new)
+    return [e.name for e in schema() if not e.runtime and e.name.startswith(_MODEL_SECTIONS)
+            and before[e.name] != after[e.name]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _ViewJob:
+    view: View
+    image: np.ndarray                 # RGB uint8 (view.height, view.width, 3), contiguous
+    answers: tuple[VlmAnswer, ...]    # one per question
+
+
+class Pipeline:
+    """VL-SAM on one frame at a time. Thread-safe: concurrent ``run`` calls are serialised.
+
+    ``last_stage_ms`` holds the stage times of the latest frame (ms): questions (question
+    set built during this frame, else 0), vlm, encoder (SAM image encoder, all views),
+    decoder (all SAM decoder calls), prompts_merge (point sampling, scoring, NMS, mapping),
+    total; plus ``decoder_calls`` and ``prompts`` (counts).
+    """
+
+    def __init__(self, cfg: VlsamConfig, vlm: VisionLanguageModel,
+                 segmenter: PromptableSegmenter):
+        self._cfg = cfg
+        self.vlm = vlm
+        self.segmenter = segmenter
+        self._questions = QuestionCache()
+        self._run_lock = threading.Lock()
+        self._applied_sam = cfg.sam
+        self.segmenter.configure(cfg.sam)
+        self.last_stage_ms: dict[str, float] = {}
+        if cfg.ensemble.num_questions > 1:
+            self.questions()                 # generated once, here, not on the first frame
+
+    @property
+    def cfg(self) -> VlsamConfig:
+        return self._cfg
+
+    def questions(self) -> tuple[str, ...]:
+        """The questions the next frame asks (built and cached on first use)."""
+        cfg = self._cfg
+        return self._questions.get(self.vlm, cfg.vlm, cfg.ensemble)
+
+    def update_config(self, cfg: VlsamConfig) -> None:
+        """Takes a new configuration; runtime fields apply from the next frame.
+
+        Raises ConfigError naming the fields when a model-defining (non-runtime) field
+        differs: those need a new Pipeline (build_pipeline).
+        """
+        changed = model_fields_changed(self._cfg, cfg)
+        if changed:
+            raise ConfigError(f"{', '.join(changed)}: cannot change at run time (the models "
+                              "must be reloaded); build a new pipeline")
+        self._cfg = cfg
+
+    def run(self, image: np.ndarray) -> FrameResult:
+        """Detects and segments the objects of one RGB uint8 (H, W, 3) frame.
+
+        Raises InvalidImageError for anything else. A frame where the VLM names nothing
+        returns no detections, with the VLM's description.
+        """
+        start = time.perf_counter()
+        with self._run_lock:
+            cfg = self._cfg
+            check_image(image, min_side=2 if cfg.ensemble.tiles else 1)
+            if cfg.sam != self._applied_sam:
+                self.segmenter.configure(cfg.sam)
+                self._applied_sam = cfg.sam
+            stages: dict[str, float] = {"questions": 0.0, "vlm": 0.0, "encoder": 0.0,
+                                        "decoder": 0.0, "prompts_merge": 0.0}
+            t = time.perf_counter()
+            questions = self._questions.get(self.vlm, cfg.vlm, cfg.ensemble)
+            stages["questions"] = _ms(t)
+            height, width = image.shape[:2]
+            views = make_views(height, width, cfg.ensemble.tiles)
+            crops = [np.ascontiguousarray(v.crop(image)) for v in views]
+            jobs, embeddings = self._describe_and_embed(cfg, views, crops, questions, stages)
+            description = jobs[0].answers[0].text
+            if not cfg.sam.overlap_encoder:     # sequential: embed only views with objects
+                named = [i for i, job in enumerate(jobs) if _has_objects(job)]
+                embeddings = dict(zip(named, self._embed([jobs[i].image for i in named],
+                                                         stages)))
+            t = time.perf_counter()
+            decode = DecodeStats()
+            per_view: list[Candidate] = []
+            for i, job in enumerate(jobs):
+                objects = [ObjectMap(o.name, a.attention_maps[k])
+                           for a in job.answers for k, o in enumerate(a.objects)]
+                if not objects:
+                    continue
+                found = segment_objects(self.segmenter, embeddings[i], objects, cfg.prompts,
+                                        decode)
+                if cfg.ensemble.drop_cut_tile_masks:
+                    found = [c for c in found
+                             if not job.view.touches_inner_edge(rle_box(c.rle), (height, width))]
+                merged = _merge(found, cfg.ensemble.nms_iou)
+                per_view.extend(_to_full_frame(c, job.view, (height, width)) for c in merged)
+            kept = [c for c in _merge(per_view, cfg.ensemble.nms_iou)
+                    if c.score >= cfg.ensemble.min_score]
+            kept.sort(key=lambda c: -c.score)
+            detections = tuple(_to_detection(c) for c in kept[:cfg.ensemble.max_detections])
+            stages["decoder"] = decode.decoder_ms
+            stages["prompts_merge"] = _ms(t) - decode.decoder_ms
+            total = _ms(start)
+            self.last_stage_ms = {**stages, "total": total, "decoder_calls": decode.calls,
+                                  "prompts": decode.prompts}
+            segment_ms = stages["encoder"] + stages["decoder"] + stages["prompts_merge"]
+            return FrameResult(detections, description, stages["vlm"], segment_ms, total)
+
+    def _embed(self, images: Sequence[np.ndarray], stages: dict[str, float]) -> list[Any]:
+        t = time.perf_counter()
+        out = [self.segmenter.embed(img) for img in images]
+        stages["encoder"] += _ms(t)
+        return out
+
+    def _describe_and_embed(self, cfg: VlsamConfig, views: Sequence[View],
+                            crops: Sequence[np.ndarray], questions: Sequence[str],
+                            stages: dict[str, float]
+                            ) -> tuple[list[_ViewJob], dict[int, Any]]:
+        """One VLM batch over all (view, question) pairs; with overlap_encoder the SAM
+        encoder embeds every view in a worker thread meanwhile (else nothing is embedded
+        here). Returns the jobs and {view index: embedding}."""
+        images = [crop for crop in crops for _ in questions]
+        asked = [q for _ in crops for q in questions]
+        embeddings: dict[int, Any] = {}
+        if cfg.sam.overlap_encoder:
+            with concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="sam-encoder") as pool:
+                future = pool.submit(self._embed, crops, stages)
+                t = time.perf_counter()
+                answers = self.vlm.describe(images, asked, cfg.vlm, cfg.attention)
+                stages["vlm"] = _ms(t)
+                embeddings = dict(enumerate(future.result()))
+        else:
+            t = time.perf_counter()
+            answers = self.vlm.describe(images, asked, cfg.vlm, cfg.attention)
+            stages["vlm"] = _ms(t)
+        _check_answers(answers, images)
+        nq = len(questions)
+        jobs = [_ViewJob(v, crop, tuple(answers[i * nq:(i + 1) * nq]))
+                for i, (v, crop) in enumerate(zip(views, crops))]
+        return jobs, embeddings
+
+
+def build_pipeline(cfg: VlsamConfig) -> Pipeline:
+    """Loads the VLM and the segmenter named by ``cfg`` and wires them into a Pipeline."""
+    from vlsam_ros.core.segmenter import load_segmenter
+    from vlsam_ros.core.vlm import load_vlm
+
+    vlm = load_vlm(cfg)
+    segmenter = load_segmenter(cfg)
+    return Pipeline(cfg, vlm, segmenter)
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1e3
+
+
+def _has_objects(job: _ViewJob) -> bool:
+    return any(a.objects for a in job.answers)
+
+
+def _check_answers(answers: Sequence[VlmAnswer], images: Sequence[np.ndarray]) -> None:
+    """The VLM must answer every pair, one map per object, sized to the pair's image."""
+    if len(answers) != len(images):
+        raise ValueError(f"the VLM returned {len(answers)} answers for {len(images)} images")
+    for answer, image in zip(answers, images):
+        expected = (len(answer.objects), *image.shape[:2])
+        if answer.attention_maps.shape != expected:
+            raise ValueError(f"the VLM returned attention maps of shape "
+                             f"{answer.attention_maps.shape}, expected {expected} "
+                             "(one map per object, sized to the image)")
+
+
+def _merge(candidates: Sequence[Candidate], iou_threshold: float) -> list[Candidate]:
+    """Mask-IoU NMS; each kept candidate absorbs the labels of those it suppressed."""
+    if not candidates:
+        return []
+    groups = mask_nms([c.rle for c in candidates], np.array([c.score for c in candidates]),
+                      iou_threshold)
+    out = []
+    for g in groups:
+        kept = candidates[g.keep]
+        absorbed = [kept.label] + list(kept.alt_labels)
+        for j in g.suppressed:
+            absorbed += [candidates[j].label, *candidates[j].alt_labels]
+        out.append(dataclasses.replace(kept, alt_labels=merge_labels(kept.label, absorbed)))
+    return out
+
+
+def _to_full_frame(c: Candidate, view: View, full_shape: tuple[int, int]) -> Candidate:
+    """A candidate in a view's frame -> the same candidate in the full image's frame."""
+    if (view.x0, view.y0, view.height, view.width) == (0, 0, *full_shape):
+        return c
+    mask = view.mask_to_full(decode_rle(c.rle), full_shape)
+    return dataclasses.replace(c, rle=encode_rle(mask), points=view.points_to_full(c.points))
+
+
+def _to_detection(c: Candidate) -> Detection:
+    mask = decode_rle(c.rle)
+    return Detection(label=c.label, score=float(c.score), mask=mask,
+                     box_xyxy=box_from_mask(mask), prompt_points=c.points.astype(np.float32),
+                     prompt_labels=c.point_labels.astype(np.int8), alt_labels=c.alt_labels)

@@ -1,0 +1,134 @@
+"""Prompting SAM with every object of one view, with iterative refinement (method.md 3-4).
+
+Rounds (``prompts.refinement_rounds`` = R):
+
+* round 0: one positive/negative pair per object map -> SAM's best mask and its logits;
+* round 1 (R >= 1, cascade): the same points again, with round 0's low-res logits as the
+  mask prompt; the refined mask replaces round 0's;
+* round r >= 2 (masked attention): the object's map is zeroed inside every mask found for
+  it so far and a new pair is sampled, which finds further parts or instances of the same
+  name. An object stops when its remaining maximum falls under ``prompts.threshold``.
+
+Every round sends the prompts of all still-active objects to ONE batched decoder call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from vlsam_ros.core.config import PromptConfig
+from vlsam_ros.core.masks import Rle, encode_rle
+from vlsam_ros.core.prompts import (PointPrompt, detection_score, sample_point_pair,
+                                    stack_prompts, suppress_attention)
+from vlsam_ros.core.segmenter.base import PromptableSegmenter, SegmentationBatch
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectMap:
+    """One named object of a VLM answer: its label and float32 (H, W) map in [0, 1]."""
+
+    label: str
+    attention: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A mask proposal in some image frame (a view's, or the full image's).
+
+    rle: compressed COCO RLE of the bool mask; area: its pixel count.
+    points: float32 (P, 2) (x, y) prompt points; point_labels: int8 (P,) 1 pos / 0 neg.
+    score: SAM predicted IoU x mean attention inside the mask (prompts.detection_score).
+    round: the refinement round that produced it.
+    alt_labels: labels of candidates merged into this one by NMS.
+    """
+
+    label: str
+    score: float
+    rle: Rle
+    area: int
+    points: np.ndarray
+    point_labels: np.ndarray
+    round: int
+    alt_labels: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class DecodeStats:
+    """Accumulates decoder work over a frame: calls, prompts and milliseconds."""
+
+    calls: int = 0
+    prompts: int = 0
+    decoder_ms: float = 0.0
+
+
+def _decode(segmenter: PromptableSegmenter, embedding: Any, prompts: Sequence[PointPrompt],
+            mask_logits: np.ndarray | None, stats: DecodeStats) -> SegmentationBatch:
+    points, labels = stack_prompts(prompts)
+    start = time.perf_counter()
+    batch = segmenter.segment(embedding, points, labels, mask_logits)
+    stats.decoder_ms += (time.perf_counter() - start) * 1e3
+    stats.calls += 1
+    stats.prompts += len(prompts)
+    if batch.masks.shape[0] != len(prompts):
+        raise ValueError(f"segmenter returned {batch.masks.shape[0]} masks for "
+                         f"{len(prompts)} prompts")
+    return batch
+
+
+def _sample(remaining: list[np.ndarray], indices: Sequence[int], cfg: PromptConfig
+            ) -> tuple[list[int], list[PointPrompt]]:
+    """New point pairs for the objects ``indices``; drops those with nothing left."""
+    kept: list[int] = []
+    prompts: list[PointPrompt] = []
+    for i in indices:
+        prompt = sample_point_pair(remaining[i], cfg.threshold, cfg.connectivity,
+                                   cfg.negative_point)
+        if prompt is not None:
+            kept.append(i)
+            prompts.append(prompt)
+    return kept, prompts
+
+
+def segment_objects(segmenter: PromptableSegmenter, embedding: Any,
+                    objects: Sequence[ObjectMap], cfg: PromptConfig,
+                    stats: DecodeStats | None = None) -> list[Candidate]:
+    """All refinement rounds for the objects of one view; returns its candidates.
+
+    Masks smaller than ``cfg.min_mask_area_px`` (and empty masks) yield no candidate, but
+    still count as found for the masked-attention rounds.
+    """
+    stats = stats if stats is not None else DecodeStats()
+    candidates: list[Candidate] = []
+    remaining = [obj.attention for obj in objects]            # maps with found areas zeroed
+
+    def collect(batch: SegmentationBatch, indices: Sequence[int],
+                prompts: Sequence[PointPrompt], rnd: int) -> None:
+        for k, i in enumerate(indices):
+            mask = batch.masks[k]
+            remaining[i] = suppress_attention(remaining[i], [mask])
+            area = int(mask.sum())
+            if area == 0 or area < cfg.min_mask_area_px:
+                continue
+            score = detection_score(float(batch.iou_predictions[k]), objects[i].attention, mask)
+            candidates.append(Candidate(objects[i].label, score, encode_rle(mask), area,
+                                        prompts[k].points, prompts[k].labels, rnd))
+
+    alive, prompts = _sample(remaining, range(len(objects)), cfg)
+    if not prompts:
+        return candidates
+    batch = _decode(segmenter, embedding, prompts, None, stats)              # round 0
+    rnd = 0
+    if cfg.refinement_rounds >= 1:                                           # round 1: cascade
+        batch = _decode(segmenter, embedding, prompts, batch.low_res_logits, stats)
+        rnd = 1
+    collect(batch, alive, prompts, rnd)
+    for rnd in range(2, cfg.refinement_rounds + 1):                          # masked attention
+        alive, prompts = _sample(remaining, alive, cfg)
+        if not prompts:
+            break
+        collect(_decode(segmenter, embedding, prompts, None, stats), alive, prompts, rnd)
+    return candidates

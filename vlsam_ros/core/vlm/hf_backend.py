@@ -1,0 +1,324 @@
+"""Hugging Face transformers backends of the VisionLanguageModel protocol.
+
+One generic class runs prompt building, batched ``generate``, name parsing and attention
+maps; each family subclass only says which model types it accepts, where its decoder is and
+how its image tokens are laid out (``layouts.py``).
+
+Attention (method.md section 2) is captured during the real ``generate`` call:
+
+* ``attention.capture = 'fast'``: the decoder runs SDPA while queries and keys are recorded
+  (``capture.py``); the object rows of the regularised, head-weighted flow are then
+  recomputed in query blocks (``attention.object_flow_rows``);
+* ``attention.capture = 'reference'``: eager attention, full probabilities, full flow
+  matrix (``attention.reference_object_rows``).
+
+Object token rows: the map of a name uses, for each of its generated tokens, the query row
+that *generated* that token (the position just before it), which is the attention returned
+for that step by ``generate(output_attentions=True)`` and exists for every generated token
+(the last generated token is never fed back). Multi-token names average their rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from vlsam_ros.core import attention as attn
+from vlsam_ros.core.config import AttentionConfig, VlmConfig
+from vlsam_ros.core.errors import (AttentionUnavailableError, DeviceUnavailableError,
+                                   InvalidImageError, ModelNotFoundError)
+from vlsam_ros.core.results import ObjectName, VlmAnswer
+from vlsam_ros.core.vlm import layouts
+from vlsam_ros.core.vlm.capture import AttentionRecorder, QKHook, capturing
+from vlsam_ros.core.vlm.object_names import parse_object_names, token_char_spans
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'cpu'``, ``'cuda'`` or ``'cuda:N'`` -> torch.device; raises DeviceUnavailableError
+    when CUDA (or that index) is not present. Never falls back to the CPU."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(f"device={name!r}: CUDA is not available on this machine "
+                                         "(set device: cpu to run on the CPU)")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"device={name!r}: only {torch.cuda.device_count()} "
+                                         "CUDA device(s) present")
+    elif device.type != "cpu":
+        raise DeviceUnavailableError(f"device={name!r}: unsupported device type")
+    return device
+
+
+def check_image(image: Any, index: int) -> np.ndarray:
+    """Raises InvalidImageError unless ``image`` is an RGB uint8 (H, W, 3) array."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
+            or image.shape[2] != 3 or image.shape[0] < 2 or image.shape[1] < 2:
+        desc = (f"{type(image).__name__} {getattr(image, 'dtype', '')} "
+                f"{getattr(image, 'shape', '')}")
+        raise InvalidImageError(f"image {index}: expected an RGB uint8 (H, W, 3) array with "
+                                f"H, W >= 2, got {desc}")
+    return image
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sample:
+    """Bookkeeping of one batch row after generate."""
+
+    pad: int                     # left padding of the prompt
+    prompt_len: int              # unpadded prompt length P
+    seq_len: int                 # N = P + generated tokens fed back (first EOS included)
+    text: str
+    objects: tuple[ObjectName, ...]
+    rows: tuple[tuple[int, ...], ...]   # per object, query rows in the unpadded sequence
+
+
+class HuggingFaceVlm:
+    """A transformers image-text-to-text model plus its processor.
+
+    ``qk_hook`` (optional): applied to each decoder layer's queries and keys before the
+    attention is computed; tests use it to plant known attention. None in production.
+    """
+
+    family = ""
+    model_types: tuple[str, ...] = ()
+
+    def __init__(self, model, processor, device: torch.device | str = "cpu"):
+        if model.config.model_type not in self.model_types:
+            raise ModelNotFoundError(
+                f"vlm.family={self.family!r} expects a model of type {list(self.model_types)}, "
+                f"but the weights are of type {model.config.model_type!r}; set vlm.family "
+                "to match the checkpoint")
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.device = torch.device(device)
+        self.qk_hook: QKHook | None = None
+
+    # --- family hooks ----------------------------------------------------------------
+
+    def language_model(self) -> torch.nn.Module:
+        """The decoder whose attention is captured."""
+        inner = self.model.model
+        for name in ("language_model", "text_model"):
+            if hasattr(inner, name):
+                return getattr(inner, name)
+        raise AttentionUnavailableError(f"{type(self.model).__name__}: decoder not found")
+
+    def image_layout(self, ids: Sequence[int], image_hw: tuple[int, int], inputs: dict,
+                     index: int) -> layouts.ImageLayout:
+        raise NotImplementedError
+
+    def image_token_id(self) -> int:
+        cfg = self.model.config
+        tid = getattr(cfg, "image_token_id", None)
+        if tid is None:
+            tid = getattr(cfg, "image_token_index", None)
+        if tid is None:
+            raise AttentionUnavailableError(f"{cfg.model_type}: config has no image token id")
+        return int(tid)
+
+    # --- protocol ----------------------------------------------------------------------
+
+    def describe(self, images: Sequence[np.ndarray], questions: Sequence[str],
+                 vlm_cfg: VlmConfig, attn_cfg: AttentionConfig) -> list[VlmAnswer]:
+        """Runs ``questions[i]`` on ``images[i]`` as one batch (see VisionLanguageModel)."""
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        if not images:
+            return []
+        images = [check_image(im, i) for i, im in enumerate(images)]
+        prompts = [self._prompt(q, with_image=True) for q in questions]
+        inputs = self._inputs(prompts, images)
+        with capturing(self.language_model(), attn_cfg.capture, self.qk_hook) as rec:
+            sequences = self._generate(inputs, vlm_cfg)
+        samples = self._samples(inputs, sequences, vlm_cfg)
+        answers = []
+        for b, (image, question, sample) in enumerate(zip(images, questions, samples)):
+            hw = (int(image.shape[0]), int(image.shape[1]))
+            valid_ids = inputs["input_ids"][b, sample.pad:].tolist()
+            layout = self.image_layout(valid_ids, hw, inputs, b)
+            if sample.objects:
+                rows = self._object_rows(rec, b, sample, layout, attn_cfg)
+                maps = torch.stack([attn.object_map(r, layout.grid_index, hw, layout.box_xyxy)
+                                    for r in rows]).numpy().astype(np.float32)
+            else:
+                maps = np.zeros((0, hw[0], hw[1]), dtype=np.float32)
+            answers.append(VlmAnswer(question=question, text=sample.text, objects=sample.objects,
+                                     attention_maps=maps, grid_shape=layout.grid_shape))
+        return answers
+
+    def generate_text(self, prompt: str, vlm_cfg: VlmConfig) -> str:
+        """Text-only generation with the model's chat template; returns the decoded text."""
+        inputs = self._inputs([self._prompt(prompt, with_image=False)], None)
+        sequences = self._generate(inputs, vlm_cfg)
+        generated = sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        return self.tokenizer.decode(self._until_eos(generated)[0], skip_special_tokens=True)
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _prompt(self, question: str, with_image: bool) -> str:
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+        messages = [{"role": "user", "content": content}]
+        if getattr(self.processor, "chat_template", None) is None:
+            raise ModelNotFoundError(f"{self.family}: the processor has no chat template; use a "
+                                     "chat/instruct checkpoint (processor_config or "
+                                     "chat_template.jinja must define it)")
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True,
+                                                  tokenize=False)
+
+    def _inputs(self, prompts: list[str], images: list[np.ndarray] | None) -> dict:
+        from PIL import Image
+
+        kwargs: dict[str, Any] = {"text": prompts, "padding": True, "return_tensors": "pt"}
+        if images is not None:
+            kwargs["images"] = [Image.fromarray(im) for im in images]
+        batch = self.processor(**kwargs)
+        dtype = self.model.dtype
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                v = v.to(self.device)
+                if v.is_floating_point():
+                    v = v.to(dtype)
+            out[k] = v
+        return out
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return set(eos if isinstance(eos, (list, tuple)) else [eos])
+
+    def _until_eos(self, generated: list[int]) -> tuple[list[int], int]:
+        """(tokens before the first EOS, number of generated tokens up to and incl. it)."""
+        eos = self._eos_ids()
+        for i, t in enumerate(generated):
+            if t in eos:
+                return generated[:i], i + 1
+        return generated, len(generated)
+
+    def _generate(self, inputs: dict, vlm_cfg: VlmConfig) -> torch.Tensor:
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=vlm_cfg.max_new_tokens,
+                                          do_sample=vlm_cfg.do_sample,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+        if vlm_cfg.do_sample:
+            gen_kwargs.update(temperature=vlm_cfg.temperature, top_p=vlm_cfg.top_p)
+        else:
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.inference_mode(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(vlm_cfg.seed)
+            return self.model.generate(**inputs, **gen_kwargs)
+
+    def _samples(self, inputs: dict, sequences: torch.Tensor, vlm_cfg: VlmConfig) -> list[_Sample]:
+        mask = inputs["attention_mask"]
+        padded_len = mask.shape[1]
+        samples = []
+        for b in range(sequences.shape[0]):
+            prompt_len = int(mask[b].sum())
+            pad = padded_len - prompt_len
+            if bool(mask[b, :pad].any()):
+                raise AttentionUnavailableError("prompts must be left-padded")
+            text_ids, fed = self._until_eos(sequences[b, padded_len:].tolist())
+            text, spans = token_char_spans(self.tokenizer, text_ids)
+            objects = parse_object_names(text, spans, max_object_words=vlm_cfg.max_object_words,
+                                         max_objects=vlm_cfg.max_objects)
+            rows = tuple(tuple(prompt_len + t - 1 for t in range(*o.token_span)) for o in objects)
+            samples.append(_Sample(pad=pad, prompt_len=prompt_len,
+                                   seq_len=prompt_len + max(fed, 1) - 1, text=text,
+                                   objects=tuple(objects), rows=rows))
+        return samples
+
+    def _object_rows(self, rec: AttentionRecorder, b: int, sample: _Sample,
+                     layout: layouts.ImageLayout, cfg: AttentionConfig) -> torch.Tensor:
+        """(M, N) object rows of the flow for batch row ``b`` (fast or reference)."""
+        n, s0 = sample.seq_len, sample.pad
+        if rec.num_layers() == 0:
+            raise AttentionUnavailableError("no attention was captured during generate")
+        key_mask = torch.zeros(n, dtype=torch.bool)
+        key_mask[layout.image_positions[layout.image_positions < n]] = True
+        common = dict(head_weighting=cfg.head_weighting,
+                      meanmax_image_keys_only=cfg.meanmax_image_keys_only,
+                      regularize=cfg.regularize, row_normalize=cfg.row_normalize,
+                      use_flow=cfg.use_flow)
+        layers = range(rec.num_layers())
+        if cfg.capture == "reference":
+            probs = [self._full_probs(rec.probs[l], b, s0, n) for l in layers]
+            return attn.reference_object_rows(probs, list(sample.rows), image_key_mask=key_mask,
+                                              **common)
+        queries = [rec.layer_queries(l)[b, :, s0:s0 + n] for l in layers]
+        keys = [rec.keys[l][b, :, s0:s0 + n] for l in layers]
+        selector = attn.row_selector(list(sample.rows), n, dtype=torch.float64,
+                                     device=queries[0].device)
+        return attn.object_flow_rows(queries, keys, selector,
+                                     [rec.scaling[l] for l in layers],
+                                     image_key_mask=key_mask.to(queries[0].device),
+                                     query_block=cfg.query_block, **common).cpu()
+
+    @staticmethod
+    def _full_probs(chunks: list[torch.Tensor], b: int, start: int, n: int) -> torch.Tensor:
+        """(H, n, n) probabilities of batch row b over positions [start, start + n), stitched
+        from the prefill block and the per-step rows."""
+        total = sum(c.shape[2] for c in chunks)
+        h = chunks[0].shape[1]
+        full = torch.zeros((h, total, total), dtype=torch.float32)
+        row = 0
+        for c in chunks:
+            q, k = c.shape[2], c.shape[3]
+            full[:, row:row + q, :k] = c[b].float().cpu()
+            row += q
+        return full[:, start:start + n, start:start + n]
+
+
+class LlavaVlm(HuggingFaceVlm):
+    """LLaVA-1.5 (``llava-hf/llava-1.5-*-hf`` and compatible)."""
+
+    family = "llava"
+    model_types = ("llava",)
+
+    def image_layout(self, ids, image_hw, inputs, index):
+        return layouts.llava_layout(ids, self.image_token_id(), image_hw,
+                                    self.processor.image_processor)
+
+
+class LlavaNextVlm(HuggingFaceVlm):
+    """LLaVA-NeXT / LLaVA-1.6 (anyres tiles)."""
+
+    family = "llava_next"
+    model_types = ("llava_next",)
+
+    def image_layout(self, ids, image_hw, inputs, index):
+        return layouts.llava_next_layout(ids, self.image_token_id(), image_hw,
+                                         self.processor.image_processor,
+                                         self.processor.patch_size)
+
+
+class Qwen2VlVlm(HuggingFaceVlm):
+    """Qwen2-VL and Qwen2.5-VL (dynamic resolution)."""
+
+    family = "qwen2_vl"
+    model_types = ("qwen2_vl", "qwen2_5_vl")
+
+    def image_layout(self, ids, image_hw, inputs, index):
+        merge = int(self.processor.image_processor.merge_size)
+        return layouts.qwen2_vl_layout(ids, self.image_token_id(), image_hw,
+                                       inputs["image_grid_thw"][index].tolist(), merge)
+
+
+class Idefics3Vlm(HuggingFaceVlm):
+    """Idefics3 and SmolVLM (image splitting into tiles plus a global image)."""
+
+    family = "idefics3"
+    model_types = ("idefics3", "smolvlm")
+
+    def image_layout(self, ids, image_hw, inputs, index):
+        markers, global_id = layouts.idefics3_markers(self.tokenizer)
+        return layouts.idefics3_layout(ids, self.image_token_id(), image_hw, markers, global_id)

@@ -1,0 +1,442 @@
+"""The vlsam ROS 2 node: a thin lifecycle shell around ``vlsam_ros.core.pipeline``.
+
+Lifecycle:
+
+* configure: reads the parameters (declared from the config schema) into a validated
+  ``VlsamConfig``, resolves the camera topics, creates the publishers and the
+  ``/diagnostics`` timer. An invalid configuration fails the transition with its reason.
+* activate: loads the models (``build_pipeline``), starts the worker thread and subscribes to
+  the cameras. Missing weights fail the transition: the node stays inactive, logs what is
+  missing and reports it on ``/diagnostics``.
+* deactivate: unsubscribes, stops the worker and frees the models (``torch.cuda.empty_cache``
+  when CUDA is in use).
+* cleanup / shutdown: also removes publishers and timers.
+
+Data flow: each camera callback only stores its message in that camera's latest-frame slot
+(``vlsam_ros.latest_frame_slot``). One worker thread takes the newest frame of the next camera
+with a fresh frame (round-robin), decodes it, runs the pipeline and publishes. Topics: see
+``vlsam_ros.camera_topics``.
+
+Failures never stop the node: a malformed frame is logged (throttled) and skipped, a CUDA
+out-of-memory error frees cached memory and skips the frame, and any other error of a frame
+is logged with its traceback, counted on ``/diagnostics`` and the frame skipped.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+import traceback
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
+from sensor_msgs.msg import CompressedImage, Image
+from visualization_msgs.msg import MarkerArray
+
+from vlsam_ros.camera_topics import CameraTopics, all_camera_topics
+from vlsam_ros.core.config import ConfigError, VlsamConfig
+from vlsam_ros.core.errors import InvalidImageError, VlsamError
+from vlsam_ros.core.results import FrameResult
+from vlsam_ros.detection_messages import (frame_result_to_detection2d_array, frame_result_to_msg,
+                                          latency_ms, vision_msgs_enabled)
+from vlsam_ros.diagnostics import CameraReport, CameraStats, camera_status, diagnostic_array
+from vlsam_ros.image_decoding import compressed_to_rgb, image_to_rgb
+from vlsam_ros.latest_frame_slot import FrameSlots, SlotObserver
+from vlsam_ros.msg import DetectionArray
+from vlsam_ros.parameters import (config_from_parameters, config_with_changes,
+                                  declare_schema_parameters)
+from vlsam_ros.visualization import markers_msg, overlay_msg
+
+PipelineFactory = Callable[[VlsamConfig], Any]
+"""``factory(cfg) -> pipeline`` with ``run(image_rgb_uint8) -> FrameResult`` and
+``update_config(cfg)``; ``vlsam_ros.core.pipeline.build_pipeline`` by default."""
+
+OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+"""Outputs are reliable: best-effort and reliable subscribers both receive them."""
+
+WORKER_POLL_S = 0.5  # how often an idle worker re-checks for stop; not a tunable
+
+
+def default_pipeline_factory(cfg: VlsamConfig) -> Any:
+    """Loads the models named in ``cfg`` through the production loaders."""
+    from vlsam_ros.core.pipeline import build_pipeline
+
+    return build_pipeline(cfg)
+
+
+def input_qos(cfg: VlsamConfig) -> QoSProfile:
+    """Camera QoS: sensor data (best effort, keep last 1) unless ``node.qos_*`` override it."""
+    reliability = (ReliabilityPolicy.BEST_EFFORT if cfg.node.qos_reliability == "best_effort"
+                   else ReliabilityPolicy.RELIABLE)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.node.qos_depth,
+                      reliability=reliability, durability=DurabilityPolicy.VOLATILE)
+
+
+def free_torch_memory(device: str) -> None:
+    """Collects garbage and returns cached CUDA blocks to the driver (no-op on CPU)."""
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+class _Camera:
+    """Publishers and statistics of one camera (created on configure)."""
+
+    def __init__(self, topics: CameraTopics) -> None:
+        self.topics = topics
+        self.stats = CameraStats()
+        self.detections_pub: Any = None
+        self.overlay_pub: Any = None
+        self.markers_pub: Any = None
+        self.detections_2d_pub: Any = None
+        self.subscription: Any = None
+
+
+class VlsamNode(LifecycleNode):
+    """Lifecycle node serving several cameras with one VL-SAM pipeline.
+
+    ``pipeline_factory`` and ``slot_observer`` exist for tests (a slowed-down pipeline, proof
+    of newest-frame hand-over); production code uses the defaults.
+    """
+
+    def __init__(self, node_name: str = "vlsam", *,
+                 pipeline_factory: PipelineFactory | None = None,
+                 slot_observer: SlotObserver | None = None, **node_kwargs: Any) -> None:
+        super().__init__(node_name, **node_kwargs)
+        self._pipeline_factory = pipeline_factory or default_pipeline_factory
+        self._slot_observer = slot_observer
+        declare_schema_parameters(self)
+        self._lock = threading.Lock()  # guards _config / _config_changed
+        self._config: VlsamConfig | None = None
+        self._config_changed = False
+        self._cameras: list[_Camera] = []
+        self._diagnostics_pub: Any = None
+        self._diagnostics_timer: Any = None
+        self._last_diagnostics = time.monotonic()
+        self._pipeline: Any = None
+        self._slots: FrameSlots | None = None
+        self._worker: threading.Thread | None = None
+        self._problem = ""  # shown on /diagnostics while set (e.g. models failed to load)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def lifecycle_state(self) -> str:
+        """'unconfigured', 'inactive', 'active' or 'finalized' (or a transition label)."""
+        return self._state_machine.current_state[1]
+
+    @property
+    def config(self) -> VlsamConfig | None:
+        with self._lock:
+            return self._config
+
+    @property
+    def worker_thread(self) -> threading.Thread | None:
+        return self._worker
+
+    @property
+    def pipeline(self) -> Any:
+        return self._pipeline
+
+    @property
+    def problem(self) -> str:
+        """Why the node cannot serve (e.g. models failed to load); empty when fine."""
+        return self._problem
+
+    def camera_counts(self) -> dict[str, dict[str, int]]:
+        """Cumulative frame counts per camera input topic: received, taken, dropped (stale,
+        replaced before the worker took them; since the last activation) and published,
+        malformed, failed (since configure)."""
+        slots = self._slots
+        counts = slots.counts() if slots is not None else None
+        out = {}
+        for index, cam in enumerate(self._cameras):
+            totals = cam.stats.totals()
+            slot = counts[index] if counts else None
+            out[cam.topics.input] = {
+                "received": slot.received if slot else 0,
+                "taken": slot.taken if slot else 0,
+                "dropped": slot.dropped if slot else 0,
+                **totals,
+            }
+        return out
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            cfg = config_from_parameters(self)
+            topics = all_camera_topics(cfg.cameras, self.get_name(), self.get_namespace())
+            detection_2d = self._detection_2d_type(cfg)
+        except (ConfigError, ImportError) as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        with self._lock:
+            self._config, self._config_changed = cfg, False
+        self._cameras = [_Camera(t) for t in topics]
+        for cam in self._cameras:
+            cam.detections_pub = self.create_publisher(DetectionArray, cam.topics.detections,
+                                                       OUTPUT_QOS)
+            cam.overlay_pub = self.create_publisher(Image, cam.topics.overlay, OUTPUT_QOS)
+            cam.markers_pub = self.create_publisher(MarkerArray, cam.topics.markers, OUTPUT_QOS)
+            if detection_2d is not None:
+                cam.detections_2d_pub = self.create_publisher(
+                    detection_2d, cam.topics.detections_2d, OUTPUT_QOS)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._last_diagnostics = time.monotonic()
+        self._diagnostics_timer = self.create_timer(cfg.node.diagnostics_period_s,
+                                                    self._publish_diagnostics)
+        self._problem = ""
+        self.get_logger().info(
+            "configured: " + "; ".join(f"{c.topics.input} -> {c.topics.detections}"
+                                       for c in self._cameras))
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        cfg = self.config
+        if cfg is None:
+            return TransitionCallbackReturn.FAILURE
+        started = time.perf_counter()
+        try:
+            self._pipeline = self._pipeline_factory(cfg)
+        except (VlsamError, ConfigError, OSError) as exc:
+            self._problem = f"models not loaded: {exc}"
+            self.get_logger().error(f"activate failed, node stays inactive: {exc}")
+            self._pipeline = None
+            free_torch_memory(cfg.device)
+            return TransitionCallbackReturn.FAILURE
+        self._problem = ""
+        self.get_logger().info(
+            f"models loaded in {time.perf_counter() - started:.1f} s: vlm {cfg.vlm.model} "
+            f"({cfg.vlm.family}), sam {cfg.sam.type} {cfg.sam.checkpoint}, on {cfg.device}")
+        self._slots = FrameSlots(len(self._cameras), observer=self._slot_observer)
+        self._worker = threading.Thread(target=self._worker_loop, args=(self._slots,),
+                                        name="vlsam-worker", daemon=True)
+        self._worker.start()
+        qos = input_qos(cfg)
+        for index, cam in enumerate(self._cameras):
+            msg_type = CompressedImage if cam.topics.compressed else Image
+            cam.subscription = self.create_subscription(
+                msg_type, cam.topics.input, self._frame_callback(index), qos)
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_serving()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_serving()
+        self._remove_outputs()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_serving()
+        self._remove_outputs()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error(f"error while in state {state.label}; cleaning up")
+        self._stop_serving()
+        self._remove_outputs()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_serving(self) -> None:
+        """Unsubscribes, stops and joins the worker, frees the models. Idempotent."""
+        for cam in self._cameras:
+            if cam.subscription is not None:
+                self.destroy_subscription(cam.subscription)
+                cam.subscription = None
+        if self._slots is not None:
+            self._slots.close()
+        if self._worker is not None:
+            self._worker.join()
+        self._worker = None
+        self._slots = None
+        if self._pipeline is not None:
+            self._pipeline = None
+            cfg = self.config
+            free_torch_memory(cfg.device if cfg is not None else "cpu")
+
+    def _remove_outputs(self) -> None:
+        for cam in self._cameras:
+            for pub in (cam.detections_pub, cam.overlay_pub, cam.markers_pub,
+                        cam.detections_2d_pub):
+                if pub is not None:
+                    self.destroy_publisher(pub)
+        self._cameras = []
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+        if self._diagnostics_pub is not None:
+            self.destroy_publisher(self._diagnostics_pub)
+            self._diagnostics_pub = None
+        with self._lock:
+            self._config = None
+
+    @staticmethod
+    def _detection_2d_type(cfg: VlsamConfig) -> Any:
+        """vision_msgs/Detection2DArray when ``node.vision_msgs`` enables it, else None;
+        ImportError when it is 'on' but vision_msgs is missing."""
+        if not vision_msgs_enabled(cfg.node.vision_msgs):
+            return None
+        from vision_msgs.msg import Detection2DArray
+
+        return Detection2DArray
+
+    # ------------------------------------------------------------------ parameters
+
+    def _on_set_parameters(self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
+        """Validates changes against the schema; accepted ones apply from the next frame."""
+        with self._lock:
+            base = self._config
+        try:
+            new = config_with_changes(base if base is not None else config_from_parameters(self),
+                                      params)
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        if base is not None and new is not base:
+            with self._lock:
+                self._config, self._config_changed = new, True
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ data path
+
+    def _frame_callback(self, camera_index: int) -> Callable[[Any], None]:
+        def store_newest(msg: Any) -> None:
+            slots = self._slots
+            if slots is not None:
+                slots.put(camera_index, msg)
+        return store_newest
+
+    def _worker_loop(self, slots: FrameSlots) -> None:
+        while True:
+            taken = slots.take(timeout_s=WORKER_POLL_S)
+            if taken is None:
+                if slots.closed:  # deactivating
+                    return
+                continue
+            camera_index, msg = taken
+            cam = self._cameras[camera_index]
+            try:
+                self._serve_frame(cam, msg)
+            except Exception as exc:  # noqa: BLE001 -- logged with traceback, counted, not hidden
+                # The worker must survive a bug in one frame's processing (the node would
+                # otherwise go silent while looking alive); the failure is logged in full and
+                # shown on /diagnostics as frames_failed.
+                cam.stats.record_failed()
+                self.get_logger().error(
+                    f"{cam.topics.input}: frame failed: {exc}\n{traceback.format_exc()}",
+                    throttle_duration_sec=self._throttle_s())
+
+    def _throttle_s(self) -> float:
+        cfg = self.config
+        return cfg.node.log_throttle_s if cfg is not None else 5.0
+
+    def _current_config(self) -> VlsamConfig:
+        """The config for the next frame; hands accepted parameter changes to the pipeline."""
+        with self._lock:
+            cfg, changed, self._config_changed = self._config, self._config_changed, False
+        if changed:
+            try:
+                self._pipeline.update_config(cfg)
+            except ConfigError as exc:  # only runtime fields are writable; defensive
+                self.get_logger().error(f"parameter change not applied: {exc}")
+                return self._pipeline.cfg
+            self.get_logger().info("parameter change applied from this frame on")
+        return cfg
+
+    def _serve_frame(self, cam: _Camera, msg: Any) -> None:
+        """Decode, run, publish one frame; malformed frames and CUDA OOM are skipped."""
+        cfg = self._current_config()
+        try:
+            image = self._decode(cam, msg, cfg)
+        except InvalidImageError as exc:
+            cam.stats.record_malformed()
+            self.get_logger().warning(f"{cam.topics.input}: skipped malformed frame: {exc}",
+                                      throttle_duration_sec=cfg.node.log_throttle_s)
+            return
+        try:
+            result = self._pipeline.run(image)
+        except InvalidImageError as exc:
+            cam.stats.record_malformed()
+            self.get_logger().warning(f"{cam.topics.input}: skipped frame: {exc}",
+                                      throttle_duration_sec=cfg.node.log_throttle_s)
+            return
+        except Exception as exc:
+            if not _is_cuda_oom(exc):
+                raise
+            free_torch_memory(cfg.device)
+            cam.stats.record_failed()
+            self.get_logger().error(f"{cam.topics.input}: CUDA out of memory, frame skipped "
+                                    f"(freed cached memory): {exc}",
+                                    throttle_duration_sec=cfg.node.log_throttle_s)
+            return
+        self._publish(cam, msg.header, image, result, cfg)
+
+    @staticmethod
+    def _decode(cam: _Camera, msg: Any, cfg: VlsamConfig) -> np.ndarray:
+        decode = compressed_to_rgb if cam.topics.compressed else image_to_rgb
+        return decode(msg, max_pixels=cfg.node.max_image_pixels,
+                      uint16_scaling=cfg.node.uint16_scaling)
+
+    def _publish(self, cam: _Camera, header: Any, image: np.ndarray, result: FrameResult,
+                 cfg: VlsamConfig) -> None:
+        """DetectionArray always (also when empty); overlay/markers/vision_msgs only when
+        enabled and subscribed. Every output carries the source header unchanged."""
+        latency = latency_ms(header.stamp, self.get_clock().now().nanoseconds)
+        cam.detections_pub.publish(frame_result_to_msg(result, header, latency))
+        cam.stats.record_published(result.total_ms, latency)
+        if (cam.detections_2d_pub is not None
+                and cam.detections_2d_pub.get_subscription_count() > 0):
+            cam.detections_2d_pub.publish(frame_result_to_detection2d_array(result, header))
+        if cfg.node.publish_overlay and cam.overlay_pub.get_subscription_count() > 0:
+            cam.overlay_pub.publish(overlay_msg(image, result, header, cfg.node))
+        if cfg.node.publish_markers and cam.markers_pub.get_subscription_count() > 0:
+            cam.markers_pub.publish(markers_msg(result, header, image.shape[:2], cfg.node))
+
+    # ------------------------------------------------------------------ diagnostics
+
+    def _publish_diagnostics(self) -> None:
+        cfg = self.config
+        if cfg is None or self._diagnostics_pub is None:
+            return
+        now = time.monotonic()
+        period, self._last_diagnostics = now - self._last_diagnostics, now
+        slots = self._slots
+        counts = slots.counts() if slots is not None else None
+        statuses = []
+        for index, cam in enumerate(self._cameras):
+            received = counts[index].received if counts else 0
+            dropped = counts[index].dropped if counts else 0
+            report = CameraReport(cam.topics.input, cam.stats.snapshot(period), received, dropped)
+            statuses.append(camera_status(
+                report, node_name=self.get_fully_qualified_name(), state=self.lifecycle_state,
+                device=cfg.device, model=cfg.vlm.model, sam=f"{cfg.sam.type} {cfg.sam.checkpoint}",
+                problem=self._problem))
+        self._diagnostics_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Entry point for ``ros2 run vlsam_ros vlsam-node`` / the launch file: starts the node
+    unconfigured; a lifecycle manager (the launch file) configures and activates it."""
+    from vlsam_ros.spin import spin_until_shutdown
+
+    rclpy.init(args=args, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
+    node = VlsamNode()
+    return spin_until_shutdown(node, activate=False)

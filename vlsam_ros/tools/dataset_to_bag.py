@@ -1,0 +1,132 @@
+"""Converts a COCO-format corner-case dataset in CODA's layout to a rosbag2 (mcap or sqlite3).
+
+One camera topic; each image becomes a ``sensor_msgs/Image`` (rgb8, decoded from the file)
+or, with ``--compressed``, a ``sensor_msgs/CompressedImage`` carrying the file's own JPEG or
+PNG bytes unchanged (format ``jpeg``/``png``). The header stamp and the bag's log time are
+the frame's stamp: from the frame order at ``--rate`` Hz starting at ``--start`` seconds
+(default), or from the file metadata (``--stamps metadata``: the entry's ``timestamp`` or a
+nuScenes/ONCE file name; see ``vlsam_ros.core.coda_dataset``). The bag's ``metadata.yaml``
+``custom_data`` keeps the frame index (stamp -> image id) used by ``vlsam-evaluate``.
+
+Everything is validated before the bag is created: a malformed JSON, a missing image file,
+an image whose size differs from its entry, or unreadable timestamps stop the conversion
+with an error naming the file and the entry, and no bag is left behind.
+
+Usage::
+
+    vlsam-dataset-to-bag DATASET_ROOT OUT_BAG [--annotation FILE] [--storage mcap|sqlite3]
+        [--topic /cam_front/image_raw] [--frame-id cam_front] [--compressed]
+        [--stamps order|metadata] [--rate 10] [--start 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vlsam_ros.bag_io import FRAME_INDEX_KEY, BagError, frame_index_json, open_writer, \
+    vlsam_typestore
+from vlsam_ros.core.coda_dataset import STAMP_SOURCES, CodaDataset, DatasetError, \
+    frame_index, load_coda_dataset, read_frame_rgb
+
+DEFAULT_TOPIC = "/cam_front/image_raw"
+DEFAULT_FRAME_ID = "cam_front"
+_MAGIC_FORMATS = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"))
+
+
+def _header(store, stamp_ns: int, frame_id: str):
+    Header = store.types["std_msgs/msg/Header"]
+    Time = store.types["builtin_interfaces/msg/Time"]
+    return Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
+                  frame_id=frame_id)
+
+
+def dataset_to_bag(dataset: CodaDataset, out_bag: str | Path, storage: str = "mcap",
+                   topic: str | None = None, frame_id: str = DEFAULT_FRAME_ID,
+                   compressed: bool = False) -> Path:
+    """Writes every frame of ``dataset`` (in stamp order) to a new bag at ``out_bag``.
+
+    ``topic`` defaults to ``/cam_front/image_raw`` (``.../compressed`` when ``compressed``).
+    Image files are checked before the bag is created; on any error the partial bag is
+    removed and DatasetError/BagError propagates.
+    """
+    out_bag = Path(out_bag)
+    if topic is None:
+        topic = DEFAULT_TOPIC + ("/compressed" if compressed else "")
+    payloads: list[bytes | np.ndarray] = []
+    formats: list[str] = []
+    for frame in dataset.frames:  # decode/verify all first: never leave a half-written bag
+        rgb = read_frame_rgb(frame)  # checks decodability and size
+        if compressed:
+            raw = frame.path.read_bytes()
+            fmt = next((f for magic, f in _MAGIC_FORMATS if raw.startswith(magic)), None)
+            if fmt is None:
+                raise DatasetError(f"{frame.path}: --compressed needs JPEG or PNG files "
+                                   f"(images[{frame.index}], id {frame.image_id})")
+            payloads.append(raw)
+            formats.append(fmt)
+        else:
+            payloads.append(rgb)
+    store = vlsam_typestore()
+    msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+    writer = open_writer(out_bag, storage,
+                         {FRAME_INDEX_KEY: frame_index_json(frame_index(dataset.frames))})
+    try:
+        conn = writer.add_connection(topic, msgtype, typestore=store)
+        for i, frame in enumerate(dataset.frames):
+            header = _header(store, frame.stamp_ns, frame_id)
+            if compressed:
+                msg = store.types[msgtype](header=header, format=formats[i],
+                                           data=np.frombuffer(payloads[i], dtype=np.uint8))
+            else:
+                rgb = payloads[i]
+                msg = store.types[msgtype](header=header, height=rgb.shape[0],
+                                           width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
+                                           step=rgb.shape[1] * 3, data=rgb.reshape(-1))
+            writer.write(conn, frame.stamp_ns, store.serialize_cdr(msg, msgtype))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        shutil.rmtree(out_bag, ignore_errors=True)
+        raise
+    return out_bag
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", help="dataset root (holding corner_case.json and images/) "
+                                        "or the annotation JSON itself")
+    parser.add_argument("out_bag", help="output bag folder (must not exist)")
+    parser.add_argument("--annotation", help="annotation JSON (default ROOT/corner_case.json)")
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    parser.add_argument("--topic", help=f"camera topic (default {DEFAULT_TOPIC}, "
+                                        "+/compressed with --compressed)")
+    parser.add_argument("--frame-id", default=DEFAULT_FRAME_ID, help="header frame_id")
+    parser.add_argument("--compressed", action="store_true",
+                        help="write CompressedImage with the files' own JPEG/PNG bytes")
+    parser.add_argument("--stamps", choices=STAMP_SOURCES, default="order",
+                        help="frame stamps from the JSON order or from file metadata")
+    parser.add_argument("--rate", type=float, default=10.0, help="frames per second for "
+                                                                 "--stamps order")
+    parser.add_argument("--start", type=float, default=1.0,
+                        help="first stamp in seconds for --stamps order")
+    args = parser.parse_args(argv)
+    try:
+        dataset = load_coda_dataset(args.dataset, args.annotation, args.stamps, args.rate,
+                                    args.start)
+        out = dataset_to_bag(dataset, args.out_bag, args.storage, args.topic, args.frame_id,
+                             args.compressed)
+    except (DatasetError, BagError) as exc:
+        print(f"vlsam-dataset-to-bag: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(dataset.frames)} frames to {out} ({args.storage})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""Scores detections against a CODA-style ground truth: report JSON plus recall plot.
+
+Detections come either from an output bag of ``vlsam-replay-bag`` (``--bag``) or from a
+COCO result JSON (``--detections``: ``[{"image_id", "bbox": [x, y, w, h], "score", ...}]``).
+From a bag, each ``DetectionArray`` is matched to its ground-truth image by its header
+stamp through the frame index that ``vlsam-dataset-to-bag`` stored in the bag (and replay
+copied); ``--frame-index BAG`` reads it from another bag, e.g. the input bag. Images with no
+DetectionArray (skipped frames) count as images where nothing was found, and are listed in
+the report under ``frames_without_results``.
+
+Writes into ``--out``:
+
+* ``report.json``: class-agnostic mAR, AR50, AR75, AR1, AR10 (method.md section 7, as
+  fractions), per category and per supercategory (CODA "common"/"novel"), and with
+  ``--lvis`` the LVIS-style box/mask AP on rare categories (``frequency == "r"``);
+* ``recall_vs_iou.png``: recall against the IoU threshold;
+* ``detections.json``: the COCO results that were scored (from a bag: one per detection,
+  with ``label`` and compressed-RLE ``segmentation``).
+
+Usage::
+
+    vlsam-evaluate --gt DATASET/corner_case.json (--bag OUT_BAG [--topic T] | --detections
+        FILE) --out DIR [--frame-index SRC_BAG] [--lvis] [--text-encoder hashing|MODEL_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, FRAME_INDEX_KEY, BagError, \
+    iter_messages, open_reader, read_custom_data, vlsam_typestore
+from vlsam_ros.core import evaluation
+from vlsam_ros.core.coda_dataset import DatasetError, parse_frame_index
+
+LOG = logging.getLogger("vlsam_ros.evaluate")
+
+
+def _compressed_segmentation(uncompressed: dict[str, Any]) -> dict[str, Any]:
+    """COCO uncompressed RLE (list counts) -> compressed RLE with str counts."""
+    from pycocotools import mask as mask_utils
+
+    height, width = uncompressed["size"]
+    rle = mask_utils.frPyObjects(uncompressed, height, width)
+    return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
+
+
+def detections_from_bag(bag: str | Path, frame_index: dict[int, int],
+                        topic: str | None = None) -> tuple[list[dict[str, Any]], set[int]]:
+    """COCO result dicts of every DetectionArray in ``bag`` and the image ids that had one.
+
+    ``frame_index`` maps header stamps (ns) to image ids. Raises BagError when the bag has
+    no (or, without ``topic``, more than one) DetectionArray topic, or a stamp is not in
+    the index.
+    """
+    from vlsam_ros.detection_messages import msg_to_dicts
+
+    store = vlsam_typestore()
+    dets: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    with open_reader(bag) as reader:
+        conns = [c for c in reader.connections if c.msgtype == DETECTION_ARRAY_TYPE]
+        topics = sorted({c.topic for c in conns})
+        if topic is not None:
+            conns = [c for c in conns if c.topic == topic]
+            if not conns:
+                raise BagError(f"{bag}: no {DETECTION_ARRAY_TYPE} on {topic!r}; "
+                               f"DetectionArray topics: {topics or 'none'}")
+        elif len(topics) != 1:
+            raise BagError(f"{bag}: {len(topics)} DetectionArray topics {topics}; "
+                           "choose one with --topic")
+        for _, _, raw in iter_messages(reader, conns, bag):
+            msg = store.deserialize_cdr(raw, DETECTION_ARRAY_TYPE)
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            image_id = frame_index.get(stamp)
+            if image_id is None:
+                raise BagError(f"{bag}: DetectionArray stamped {stamp} ns matches no frame "
+                               "of the frame index (different dataset or stamps?)")
+            seen.add(image_id)
+            for d in msg_to_dicts(msg):
+                x0, y0, x1, y1 = d["box_xyxy"]
+                dets.append({"image_id": image_id, "category_id": 1,
+                             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                             "score": d["score"], "label": d["label"],
+                             "segmentation": _compressed_segmentation(d["segmentation"])})
+    return dets, seen
+
+
+def load_frame_index(bag: str | Path) -> dict[int, int]:
+    """The stamp -> image id index stored in a bag's metadata by vlsam-dataset-to-bag."""
+    text = read_custom_data(bag).get(FRAME_INDEX_KEY)
+    if text is None:
+        raise BagError(f"{bag}: no frame index in metadata.yaml custom_data "
+                       f"({FRAME_INDEX_KEY}); make the input bag with vlsam-dataset-to-bag "
+                       "or pass --frame-index with the bag it came from")
+    return parse_frame_index(text, f"{bag}/metadata.yaml")
+
+
+def make_text_encoder(spec: str) -> evaluation.TextEncoder:
+    """``"hashing"`` -> HashingTextEncoder; anything else is a local HF text model folder."""
+    if spec == "hashing":
+        return evaluation.HashingTextEncoder()
+    return evaluation.TransformersTextEncoder(spec)
+
+
+def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = None,
+             detections_path: str | Path | None = None, topic: str | None = None,
+             frame_index_bag: str | Path | None = None, lvis: bool = False,
+             text_encoder: str = "hashing") -> dict[str, Any]:
+    """Runs the evaluation and writes report.json, recall_vs_iou.png and detections.json
+    into ``out_dir``; returns the report."""
+    if (bag is None) == (detections_path is None):
+        raise ValueError("give exactly one of a bag or a detections JSON")
+    gt = evaluation.load_ground_truth(gt_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    source: dict[str, Any]
+    if bag is not None:
+        index = load_frame_index(frame_index_bag or bag)
+        dets, seen = detections_from_bag(bag, index, topic)
+        missing = sorted(img["id"] for img in gt["images"] if img["id"] not in seen)
+        if missing:
+            LOG.warning("%d image(s) have no DetectionArray in %s (skipped frames?); they "
+                        "count as images where nothing was found", len(missing), bag)
+        source = {"bag": str(bag), "frames_with_results": len(seen),
+                  "frames_without_results": missing}
+    else:
+        dets = evaluation.load_detections(detections_path, gt)
+        source = {"detections": str(detections_path)}
+    report = evaluation.evaluate_coda(gt, dets)
+    report = {"ground_truth": str(gt_path), **source, **report}
+    if lvis:
+        report["lvis_style"] = evaluation.evaluate_lvis_style(
+            gt, dets, make_text_encoder(text_encoder),
+            iou_types=("bbox", "segm") if all("segmentation" in a for a in gt["annotations"])
+            and all("segmentation" in d for d in dets) else ("bbox",))
+    (out / "detections.json").write_text(json.dumps(dets) + "\n")
+    evaluation.write_report(report, out / "report.json")
+    evaluation.plot_recall_vs_iou(report, out / "recall_vs_iou.png")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gt", required=True, help="ground-truth COCO JSON (corner_case.json)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bag", help="output bag of vlsam-replay-bag")
+    src.add_argument("--detections", help="COCO result JSON list")
+    parser.add_argument("--topic", help="DetectionArray topic when the bag has several")
+    parser.add_argument("--frame-index", help="bag whose metadata holds the frame index "
+                                              "(default: --bag itself)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--lvis", action="store_true",
+                        help="also LVIS-style AP on rare categories (needs category "
+                             "'frequency' and detection labels)")
+    parser.add_argument("--text-encoder", default="hashing",
+                        help="'hashing' (character n-grams, no model) or a local Hugging "
+                             "Face text-model folder, e.g. all-MiniLM-L6-v2")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = evaluate(args.gt, args.out, args.bag, args.detections, args.topic,
+                          args.frame_index, args.lvis, args.text_encoder)
+    except (evaluation.EvaluationInputError, DatasetError, BagError, FileNotFoundError) as exc:
+        print(f"vlsam-evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    o = report["overall"]
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.1f}"
+
+    print(f"mAR {pct(o['mAR'])}  AR50 {pct(o['AR50'])}  AR75 {pct(o['AR75'])}  "
+          f"AR1 {pct(o['AR1'])}  AR10 {pct(o['AR10'])}  ({o['num_gt']} objects, "
+          f"{o['num_images']} images, {o['num_detections']} detections)")
+    print(f"report: {Path(args.out) / 'report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
