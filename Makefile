@@ -21,7 +21,7 @@ PYTEST_ARGS ?=
 
 setup: $(DEPS_STAMP)
 
-$(DEPS_STAMP): requirements.txt setup.py
+$(DEPS_STAMP): requirements.txt setup.py resource/console_scripts.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
@@ -31,7 +31,7 @@ $(DEPS_STAMP): requirements.txt setup.py
 
 build: $(BUILD_STAMP)
 
-$(BUILD_STAMP): $(DEPS_STAMP) package.xml CMakeLists.txt $(wildcard msg/*.msg)
+$(BUILD_STAMP): $(DEPS_STAMP) package.xml CMakeLists.txt resource/console_scripts.txt $(wildcard msg/*.msg)
 	VIRTUAL_ENV=$(abspath $(VENV)) bash scripts/build_ros.sh
 	touch $@
 

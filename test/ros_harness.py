@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
@@ -37,7 +37,7 @@ class RosSession:
     def __init__(self) -> None:
         self.context = Context()
         rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._spin, name="test-executor", daemon=True)
         self._thread.start()
@@ -128,28 +128,34 @@ def published_frames(log_path: Path) -> dict[tuple[str, int], dict[str, Any]]:
 
 
 class SlotEventLog:
-    """``FrameSlots`` observer: records (event, camera, stamp_ns) in the slots' total order."""
+    """``FrameSlots`` observer. The slots call it under their lock, so events of all cameras
+    arrive in one total order; it remembers the newest put stamp per camera and checks at
+    every take that the taken frame is that newest one (constant memory per put)."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[str, int, int]] = []
+        self._newest: dict[int, int] = {}
+        self._takes: list[tuple[int, int]] = []
+        self._stale: list[tuple[int, int, int]] = []
+        self.puts = 0
 
     def __call__(self, event: str, camera: int, msg: Any) -> None:
-        self.events.append((event, camera, stamp_ns(msg.header.stamp)))
+        stamp = stamp_ns(msg.header.stamp)
+        if event == "put":
+            self._newest[camera] = stamp
+            self.puts += 1
+            return
+        self._takes.append((camera, stamp))
+        if stamp != self._newest.get(camera):
+            self._stale.append((camera, stamp, self._newest.get(camera, -1)))
 
     def takes(self) -> list[tuple[int, int]]:
-        return [(cam, stamp) for event, cam, stamp in self.events if event == "take"]
+        """(camera, stamp_ns) of every taken frame, in take order."""
+        return list(self._takes)
 
     def stale_takes(self) -> list[tuple[int, int, int]]:
         """Takes whose frame was not the newest put on its camera at that moment:
         (camera, taken stamp, newest stamp). Empty when hand-over is newest-only."""
-        newest: dict[int, int] = {}
-        bad = []
-        for event, cam, stamp in list(self.events):
-            if event == "put":
-                newest[cam] = stamp
-            elif stamp != newest.get(cam):
-                bad.append((cam, stamp, newest.get(cam, -1)))
-        return bad
+        return list(self._stale)
 
 
 class SlowPipeline:

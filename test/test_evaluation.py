@@ -281,3 +281,29 @@ def test_lvis_style_wrong_mapping_scores_zero():
     result = ev.evaluate_lvis_style(gt, dets, SynonymEncoder(), min_similarity=0.5)
     assert result["num_mapped"] == 0
     assert result["AP"]["bbox"] == 0.0
+
+
+def test_transformers_text_encoder_loads_a_local_model(tmp_path):
+    """A tiny random BERT saved to disk: (N, D) unit rows; identical texts map to their
+    own category. (Real use: a local all-MiniLM-L6-v2 or CLIP text folder.)"""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "dog", "traffic", "cone"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=32)).save_pretrained(tmp_path)
+    BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+
+    encoder = ev.TransformersTextEncoder(tmp_path)
+    emb = encoder.encode(["a dog", "a traffic cone", "a dog"])
+    assert emb.shape == (3, 32) and emb.dtype == np.float32
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(emb[0], emb[2])
+    cats = [{"id": 1, "name": "dog"}, {"id": 2, "name": "traffic_cone"}]
+    assert [c for c, _ in ev.map_labels_to_categories(["dog", "traffic cone"], cats,
+                                                       encoder)] == [1, 2]
+    with pytest.raises(FileNotFoundError, match="text encoder folder not found"):
+        ev.TransformersTextEncoder(tmp_path / "missing")

@@ -186,6 +186,16 @@ def test_every_raw_encoding_is_covered_by_a_ground_truth_test():
     assert covered == set(RAW_ENCODINGS)
 
 
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8"])
+def test_output_owns_its_memory(encoding, rgb):
+    samples = rgb if encoding != "mono8" else rgb[:, :, 0]
+    msg = make_image(samples, encoding)
+    data = np.frombuffer(msg.data, np.uint8)
+    out = decode(msg)
+    assert out.flags.writeable
+    assert not np.shares_memory(out, data)
+
+
 @pytest.mark.parametrize("data_kind", ["bytes", "array", "ndarray", "list"])
 def test_data_container_types(data_kind, rgb):
     from types import SimpleNamespace

@@ -15,6 +15,15 @@ from vlsam_ros.core.vlm.tiny import FAMILIES, build_tiny_vlm, save_tiny_vlm
 QUESTIONS = ["Describe this driving scene.", "List every object."]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run faster on one thread, above all on a loaded shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _images():
     rng = np.random.default_rng(3)
     return [rng.integers(0, 256, (40, 70, 3), dtype=np.uint8),
@@ -57,6 +66,25 @@ def test_same_seed_same_weights_other_seed_differs():
     wa, wb, wc = (m.get_output_embeddings().weight for m in (a, b, c))
     assert torch.equal(wa, wb)
     assert not torch.equal(wa, wc)
+
+
+def test_hub_id_loads_from_the_local_cache_only(tmp_path, monkeypatch):
+    """A hub id already in the local Hugging Face cache loads without any network."""
+    import shutil
+
+    import huggingface_hub.constants as hub_constants
+
+    snapshot = tmp_path / "hub" / "models--vlsam--tiny-llava" / "snapshots" / ("0" * 40)
+    shutil.copytree(save_tiny_vlm("llava", tmp_path / "saved"), snapshot)
+    (tmp_path / "hub" / "models--vlsam--tiny-llava" / "refs").mkdir()
+    (tmp_path / "hub" / "models--vlsam--tiny-llava" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    cfg = _cfg("llava", "vlsam/tiny-llava")
+    assert cfg.vlm.local_files_only
+    vlm = load_vlm(cfg)
+    answer = vlm.describe(_images()[:1], QUESTIONS[:1], cfg.vlm, cfg.attention)[0]
+    assert answer.attention_maps.shape[1:] == (40, 70)
 
 
 def test_missing_local_folder_names_model_download_and_key(tmp_path):

@@ -98,7 +98,7 @@ def detection_to_msg(detection: Detection, types: MessageTypes | None = None) ->
         box=box,
         mask_height=height,
         mask_width=width,
-        mask_rle=np.asarray(mask_to_rle_counts(mask.astype(bool)), dtype=np.uint32),
+        mask_rle=np.asarray(mask_to_rle_counts(np.asarray(mask, dtype=bool)), dtype=np.uint32),
         prompt_points=points.reshape(-1),
         prompt_labels=labels,
     )

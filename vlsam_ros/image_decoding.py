@@ -1,8 +1,9 @@
 """``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` to RGB uint8 numpy arrays.
 
-Every function returns a C-contiguous ``np.uint8`` array of shape ``(H, W, 3)`` in RGB channel
-order, row 0 at the top (the pixel frame of ``vlsam_ros.core.results``), or raises
-``InvalidImageError`` naming the problem. Nothing is ever guessed, padded or truncated.
+Every function returns a new, writable, C-contiguous ``np.uint8`` array of shape ``(H, W, 3)``
+in RGB channel order (never a view of the message's buffer), row 0 at the top (the pixel
+frame of ``vlsam_ros.core.results``), or raises ``InvalidImageError`` naming the problem.
+Nothing is ever guessed, padded or truncated.
 
 Messages are duck-typed: anything with the fields of the ROS message works (rclpy messages,
 rosbags-deserialised messages, ``types.SimpleNamespace``). ``data`` may be ``bytes``,
@@ -159,7 +160,8 @@ def image_to_rgb(msg: Any, *, max_pixels: int, uint16_scaling: str = "shift") ->
     packed = data.reshape(rows, step)[:, :row_bytes]  # (rows, row_bytes) uint8, padding cut
     byte_order = ">" if msg.is_bigendian else "<"
     dtype = np.dtype(byte_order + layout.dtype) if itemsize > 1 else np.dtype(np.uint8)
-    samples = np.ascontiguousarray(packed).view(dtype).astype(dtype.newbyteorder("="))
+    samples = np.ascontiguousarray(packed).view(dtype).astype(dtype.newbyteorder("="),
+                                                              copy=False)
     samples = samples.reshape(rows, width, layout.channels)  # (rows, W, C), native order
 
     if layout.kind in ("bayer", "yuv422", "nv"):
@@ -330,17 +332,22 @@ def _to_uint8(samples: np.ndarray, uint16_scaling: str) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
+_TO_RGB = {"gray": cv2.COLOR_GRAY2RGB, "rgba": cv2.COLOR_RGBA2RGB,
+           "bgr": cv2.COLOR_BGR2RGB, "bgra": cv2.COLOR_BGRA2RGB}
+
+
 def _channels_to_rgb(pixels: np.ndarray, kind: str) -> np.ndarray:
-    """(H, W, C) uint8 with channel meaning ``kind`` -> contiguous (H, W, 3) RGB."""
-    if kind == "gray":
-        rgb = np.repeat(pixels[:, :, :1], 3, axis=2)
-    elif kind in ("rgb", "rgba"):
-        rgb = pixels[:, :, :3]
-    elif kind in ("bgr", "bgra"):
-        rgb = pixels[:, :, 2::-1]
-    else:
+    """(H, W, C) uint8 with channel meaning ``kind`` -> new contiguous (H, W, 3) RGB array
+    (never a view of the message buffer). OpenCV does the channel shuffles: a numpy
+    reversed-stride copy is ~10x slower on a 1600x900 frame."""
+    pixels = np.ascontiguousarray(pixels)
+    if kind == "rgb":
+        return pixels.copy()
+    if kind not in _TO_RGB:
         raise InvalidImageError(f"unsupported channel layout {kind!r}")
-    return np.ascontiguousarray(rgb)
+    if kind == "gray":
+        pixels = pixels.reshape(pixels.shape[:2])
+    return cv2.cvtColor(pixels, _TO_RGB[kind])
 
 
 def _inverse_depth_to_depth(quantised: np.ndarray, quant_a: float, quant_b: float) -> np.ndarray:

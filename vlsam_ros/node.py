@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -51,6 +52,7 @@ from vlsam_ros.latest_frame_slot import FrameSlots, SlotObserver
 from vlsam_ros.msg import DetectionArray
 from vlsam_ros.parameters import (config_from_parameters, config_with_changes,
                                   declare_schema_parameters)
+from vlsam_ros.process_memory import limit_malloc_arenas
 from vlsam_ros.visualization import markers_msg, overlay_msg
 
 PipelineFactory = Callable[[VlsamConfig], Any]
@@ -84,16 +86,8 @@ def free_torch_memory(device: str) -> None:
     """Collects garbage and returns cached CUDA blocks to the driver (no-op on CPU)."""
     gc.collect()
     if device.startswith("cuda"):
-        import torch
-
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
-
-
-def _is_cuda_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 class _Camera:
@@ -189,6 +183,7 @@ class VlsamNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         with self._lock:
             self._config, self._config_changed = cfg, False
+        limit_malloc_arenas(cfg.node.malloc_arena_max)
         self._cameras = [_Camera(t) for t in topics]
         for cam in self._cameras:
             cam.detections_pub = self.create_publisher(DetectionArray, cam.topics.detections,
@@ -378,9 +373,7 @@ class VlsamNode(LifecycleNode):
             self.get_logger().warning(f"{cam.topics.input}: skipped frame: {exc}",
                                       throttle_duration_sec=cfg.node.log_throttle_s)
             return
-        except Exception as exc:
-            if not _is_cuda_oom(exc):
-                raise
+        except torch.cuda.OutOfMemoryError as exc:
             free_torch_memory(cfg.device)
             cam.stats.record_failed()
             self.get_logger().error(f"{cam.topics.input}: CUDA out of memory, frame skipped "

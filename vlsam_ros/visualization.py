@@ -70,9 +70,15 @@ def draw_overlay(image_rgb: np.ndarray, detections: Sequence[Detection],
         if mask.shape != (height, width):
             raise ValueError(f"mask of {det.label!r} has shape {mask.shape}, image is "
                              f"{(height, width)}")
-        colour = np.asarray(detection_colour(i), dtype=np.float32)
-        blended = (1.0 - alpha) * out[mask].astype(np.float32) + alpha * colour  # (N, 3)
-        out[mask] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        if rows.size == 0:
+            continue
+        window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        crop = out[window]  # (h, w, 3) view: only the mask's extent is touched
+        paint = np.empty_like(crop)
+        paint[:] = detection_colour(i)
+        blended = cv2.addWeighted(crop, 1.0 - alpha, paint, alpha, 0.0)  # rounds, saturates
+        np.copyto(crop, blended, where=mask[window][:, :, None])
     font_scale = _font_scale(cfg.overlay_font_px)
     for i, det in enumerate(detections):
         colour = detection_colour(i)

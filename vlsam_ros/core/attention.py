@@ -183,7 +183,7 @@ def _block_logits(q: torch.Tensor, k: torch.Tensor, r0: int, r1: int, scaling: f
     logits = logits.reshape(h, r1 - r0, r1)
     rows = torch.arange(r0, r1, device=q.device)[:, None]
     cols = torch.arange(r1, device=q.device)[None, :]
-    return logits.masked_fill(cols > rows, float("-inf"))
+    return logits.masked_fill_(cols > rows, float("-inf"))
 
 
 def blockwise_head_weights(q: torch.Tensor, k: torch.Tensor, scaling: float, query_block: int,
@@ -202,9 +202,10 @@ def blockwise_head_weights(q: torch.Tensor, k: torch.Tensor, scaling: float, que
     for r0 in range(0, n, query_block):
         r1 = min(n, r0 + query_block)
         logits = _block_logits(q, k, r0, r1, scaling)                      # (H, B, r1)
-        lse[:, r0:r1] = torch.logsumexp(logits, dim=-1)
+        peak = logits.amax(dim=-1)                                         # (H, B), finite
+        lse[:, r0:r1] = peak + torch.log(torch.exp(logits - peak[..., None]).sum(dim=-1))
         if key_mask is None:
-            row_max[:, r0:r1] = logits.amax(dim=-1)
+            row_max[:, r0:r1] = peak
         else:
             allowed = key_mask[:r1].to(torch.bool)
             row_max[:, r0:r1] = logits.masked_fill(~allowed, float("-inf")).amax(dim=-1)
@@ -213,7 +214,7 @@ def blockwise_head_weights(q: torch.Tensor, k: torch.Tensor, scaling: float, que
 
 
 def propagate_rows(rows: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scaling: float, *,
-                   head_weights: torch.Tensor, lse: torch.Tensor,
+                   head_weights: torch.Tensor, lse: torch.Tensor | None,
                    factors: torch.Tensor | None, identity: bool, row_normalize: bool,
                    query_block: int) -> torch.Tensor:
     """Row vectors times one layer's rollout factor: ``rows @ A``.
@@ -223,7 +224,8 @@ def propagate_rows(rows: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scaling
     row blocks where ``rows`` is non-zero are recomputed.
 
     rows: (M, N) float64; q: (H, N, d); k: (KV, N, d); head_weights: (H,); lse: (H, N) row
-    log-sum-exp from ``blockwise_head_weights``; factors: (N,) column factors or None.
+    log-sum-exp from ``blockwise_head_weights`` (saves a reduction), or None to normalise
+    each block itself; factors: (N,) column factors or None.
     Returns (M, N) float64.
     """
     h, n, _ = q.shape
@@ -235,7 +237,8 @@ def propagate_rows(rows: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scaling
         if not bool(active[r0:r1].any()):
             continue
         logits = _block_logits(q, k, r0, r1, scaling)                      # (H, B, r1)
-        probs = torch.exp(logits - lse[:, r0:r1, None])
+        probs = (torch.softmax(logits, dim=-1) if lse is None
+                 else torch.exp(logits - lse[:, r0:r1, None]))
         block = torch.einsum("h,hbn->bn", a, probs).to(torch.float64)       # (B, r1)
         if factors is not None:
             block = block * factors[:r1]
@@ -276,9 +279,10 @@ def object_flow_rows(queries: Sequence[torch.Tensor], keys: Sequence[torch.Tenso
         if q.shape[1] != n or k.shape[1] != n:
             raise ValueError(f"layer {l}: queries/keys cover {q.shape[1]}/{k.shape[1]} tokens, "
                              f"expected {n}")
-        weights, lse = blockwise_head_weights(q, k, scaling[l], query_block, key_mask)
-        if head_weighting != "meanmax":
-            weights = torch.ones_like(weights)
+        if head_weighting == "meanmax":
+            weights, lse = blockwise_head_weights(q, k, scaling[l], query_block, key_mask)
+        else:   # plain mean over heads: no pass over all rows needed
+            weights, lse = torch.ones(q.shape[0], device=q.device), None
         rows = propagate_rows(rows, q, k, scaling[l], head_weights=weights, lse=lse,
                               factors=factors, identity=use_flow,
                               row_normalize=row_normalize and use_flow,

@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -39,7 +39,9 @@ from vlsam_ros.core.refinement import Candidate, DecodeStats, ObjectMap, segment
 from vlsam_ros.core.results import Detection, FrameResult, VlmAnswer
 from vlsam_ros.core.segmenter.base import PromptableSegmenter
 from vlsam_ros.core.tiles import View, make_views
-from vlsam_ros.core.vlm.base import VisionLanguageModel
+
+if TYPE_CHECKING:  # importing vlsam_ros.core.vlm pulls in transformers
+    from vlsam_ros.core.vlm.base import VisionLanguageModel
 
 LOG = logging.getLogger(__name__)
 
@@ -82,7 +84,10 @@ class Pipeline:
     ``last_stage_ms`` holds the stage times of the latest frame (ms): questions (question
     set built during this frame, else 0), vlm, encoder (SAM image encoder, all views),
     decoder (all SAM decoder calls), prompts_merge (point sampling, scoring, NMS, mapping),
-    total; plus ``decoder_calls`` and ``prompts`` (counts).
+    total; plus the counts ``decoder_calls``, ``prompts`` (decoded) and
+    ``duplicate_prompts`` (exact duplicates decoded once). FrameResult.segment_ms is
+    encoder + decoder + prompts_merge; the encoder part may overlap FrameResult.vlm_ms
+    (``sam.overlap_encoder``), so vlm_ms + segment_ms can exceed total_ms.
     """
 
     def __init__(self, cfg: VlsamConfig, vlm: VisionLanguageModel,
@@ -169,7 +174,8 @@ class Pipeline:
             stages["prompts_merge"] = _ms(t) - decode.decoder_ms
             total = _ms(start)
             self.last_stage_ms = {**stages, "total": total, "decoder_calls": decode.calls,
-                                  "prompts": decode.prompts}
+                                  "prompts": decode.prompts,
+                                  "duplicate_prompts": decode.duplicates}
             segment_ms = stages["encoder"] + stages["decoder"] + stages["prompts_merge"]
             return FrameResult(detections, description, stages["vlm"], segment_ms, total)
 

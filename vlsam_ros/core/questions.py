@@ -17,10 +17,12 @@ import dataclasses
 import logging
 import re
 import threading
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from vlsam_ros.core.config import EnsembleConfig, VlmConfig
-from vlsam_ros.core.vlm.base import VisionLanguageModel
+
+if TYPE_CHECKING:  # importing vlsam_ros.core.vlm pulls in transformers
+    from vlsam_ros.core.vlm.base import VisionLanguageModel
 
 LOG = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ _ENUMERATION = re.compile(r"^\s*(?:(?:q(?:uestion)?\s*)?\d+\s*[.):\]-]|[-*\u2022
                           re.IGNORECASE)
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
 _ENDINGS = ("?", ".")
+_LOG_LINE_CHARS = 120   # rejected lines are shortened to this in the log
 
 
 def _normalise(question: str) -> str:
@@ -122,7 +125,8 @@ def build_questions(vlm: VisionLanguageModel, vlm_cfg: VlmConfig,
     accepted, rejected = parse_rephrasings(text, ens_cfg.question_min_words,
                                            ens_cfg.question_max_words, exclude=[main])
     for line, reason in rejected:
-        LOG.warning("question ensemble: discarded generated rephrasing %r (%s)", line, reason)
+        shown = line if len(line) <= _LOG_LINE_CHARS else line[:_LOG_LINE_CHARS] + "..."
+        LOG.warning("question ensemble: discarded generated rephrasing %r (%s)", shown, reason)
     extra = accepted[:wanted]
     generated = len(extra)
     if generated < wanted:

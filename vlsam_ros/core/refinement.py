@@ -9,7 +9,8 @@ Rounds (``prompts.refinement_rounds`` = R):
   it so far and a new pair is sampled, which finds further parts or instances of the same
   name. An object stops when its remaining maximum falls under ``prompts.threshold``.
 
-Every round sends the prompts of all still-active objects to ONE batched decoder call.
+Every round sends the prompts of all still-active objects to ONE batched decoder call
+(exact duplicate prompts are decoded once).
 """
 
 from __future__ import annotations
@@ -58,25 +59,43 @@ class Candidate:
 
 @dataclasses.dataclass
 class DecodeStats:
-    """Accumulates decoder work over a frame: calls, prompts and milliseconds."""
+    """Accumulates decoder work over a frame: calls, prompts decoded, exact duplicate
+    prompts skipped, and milliseconds."""
 
     calls: int = 0
     prompts: int = 0
+    duplicates: int = 0
     decoder_ms: float = 0.0
 
 
 def _decode(segmenter: PromptableSegmenter, embedding: Any, prompts: Sequence[PointPrompt],
             mask_logits: np.ndarray | None, stats: DecodeStats) -> SegmentationBatch:
-    points, labels = stack_prompts(prompts)
+    """One decoder call for all prompts. Exact duplicates (same points, labels and mask
+    prompt, e.g. the same name sampled identically under two questions) are decoded once
+    and their outputs shared."""
+    index: dict[tuple, int] = {}
+    inverse = np.empty(len(prompts), dtype=np.int64)
+    unique: list[int] = []
+    for k, p in enumerate(prompts):
+        key = (p.points.tobytes(), p.labels.tobytes(),
+               None if mask_logits is None else mask_logits[k].tobytes())
+        if key not in index:
+            index[key] = len(unique)
+            unique.append(k)
+        inverse[k] = index[key]
+    points, labels = stack_prompts([prompts[k] for k in unique])
+    logits = None if mask_logits is None else mask_logits[unique]
     start = time.perf_counter()
-    batch = segmenter.segment(embedding, points, labels, mask_logits)
+    batch = segmenter.segment(embedding, points, labels, logits)
     stats.decoder_ms += (time.perf_counter() - start) * 1e3
     stats.calls += 1
-    stats.prompts += len(prompts)
-    if batch.masks.shape[0] != len(prompts):
+    stats.prompts += len(unique)
+    stats.duplicates += len(prompts) - len(unique)
+    if batch.masks.shape[0] != len(unique):
         raise ValueError(f"segmenter returned {batch.masks.shape[0]} masks for "
-                         f"{len(prompts)} prompts")
-    return batch
+                         f"{len(unique)} prompts")
+    return SegmentationBatch(batch.masks[inverse], batch.iou_predictions[inverse],
+                             batch.low_res_logits[inverse])
 
 
 def _sample(remaining: list[np.ndarray], indices: Sequence[int], cfg: PromptConfig

@@ -9,6 +9,7 @@ Layout written::
 
     OUT/corner_case.json      COCO: images, annotations (bbox, RLE segmentation, area),
                               categories with CODA-like supercategories ("common"/"novel")
+                              and LVIS-like frequencies (r = rare)
     OUT/images/<file_name>    JPEG or PNG
 
 File names cycle through the three CODA sources so every naming style is exercised:
@@ -32,10 +33,12 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+# "frequency" (LVIS' r/c/f) lets the LVIS-style mode of vlsam-evaluate run on the demo too;
+# CODA itself has no such field.
 CATEGORIES = (
-    {"id": 1, "name": "traffic_cone", "supercategory": "common"},
-    {"id": 2, "name": "cardboard_box", "supercategory": "novel"},
-    {"id": 3, "name": "animal", "supercategory": "novel"},
+    {"id": 1, "name": "traffic_cone", "supercategory": "common", "frequency": "f"},
+    {"id": 2, "name": "cardboard_box", "supercategory": "novel", "frequency": "r"},
+    {"id": 3, "name": "animal", "supercategory": "novel", "frequency": "r"},
 )
 EMPTY_FRAME_EVERY = 5  # every 5th frame (index 4, 9, ...) has no object
 MIN_VISIBLE_PX = 12    # objects occluded below this many visible pixels are not annotated

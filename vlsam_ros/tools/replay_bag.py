@@ -1,7 +1,7 @@
 """Offline replay: runs the pipeline on every frame of a rosbag2 and writes a bag of results.
 
 Reads a rosbag2 (mcap or sqlite3) with ``rosbags``, decodes every message of the chosen
-camera topics with the node's decoder (``vlsam_ros.image_decoding``), runs the pipeline on
+camera topics with the node's decoder (``vlsam_ros.conversions.decode_image_msg``), runs the pipeline on
 each one (no frame is skipped for speed; frames are processed in log-time order), and writes
 the results with the node's own conversion (``vlsam_ros.conversions``) to an output bag:
 
@@ -54,6 +54,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from vlsam_ros import conversions
 from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, BagError, iter_messages, open_reader, \
     open_writer, read_custom_data, vlsam_typestore
 from vlsam_ros.camera_topics import CameraTopics, camera_topics
@@ -185,34 +186,31 @@ def select_cameras(reader: Any, requested: Sequence[str], node_name: str, bag: P
 
 class _ResultWriter:
     """Serialises one frame's outputs through the live node's conversion
-    (``detection_messages.frame_result_to_msg``), with rosbags' message classes: no rclpy
-    and no colcon build needed; the CDR bytes equal rclpy's (test_replay checks it)."""
+    (``conversions.frame_result_to_msg``), with rosbags' message classes: no rclpy
+    and no colcon build needed. The message equals rclpy's (test_replay checks it); unlike
+    rclpy, rosbags zeroes CDR alignment padding, which keeps the output reproducible."""
 
     def __init__(self, store: Any, cfg: VlsamConfig, options: ReplayOptions) -> None:
-        from vlsam_ros.detection_messages import MessageTypes
-
         self._store = store
-        self._types = MessageTypes.from_typestore(store)
+        self._types = conversions.MessageTypes.from_typestore(store)
         self._cfg = cfg
         self._options = options
 
     def detection_array(self, result: FrameResult, header: Any) -> bytes:
         """DetectionArray CDR; with timing "zero" the wall-clock fields are 0.0."""
-        from vlsam_ros.detection_messages import frame_result_to_msg
-
         if self._options.timing == "zero":
             result = dataclasses.replace(result, vlm_ms=0.0, segment_ms=0.0, total_ms=0.0)
             latency = 0.0
         else:  # a replayed stamp is unrelated to the wall clock: report processing time
             latency = result.total_ms
-        msg = frame_result_to_msg(result, header, latency, types=self._types)
+        msg = conversions.frame_result_to_msg(result, header, latency, types=self._types)
         return self._store.serialize_cdr(msg, DETECTION_ARRAY_TYPE)
 
     def overlay(self, rgb: np.ndarray, result: FrameResult, header: Any) -> bytes:
         """Overlay Image CDR (rgb8, unpadded), drawn by the node's ``draw_overlay``."""
         from vlsam_ros.visualization import draw_overlay
 
-        ordered = sorted(result.detections, key=lambda d: -float(d.score))  # as published
+        ordered = conversions.ranked_detections(result.detections)  # colours as published
         pixels = draw_overlay(rgb, ordered, self._cfg.node)
         msg = self._store.types[IMAGE_TYPE](
             header=header, height=pixels.shape[0], width=pixels.shape[1], encoding="rgb8",
@@ -223,15 +221,6 @@ class _ResultWriter:
 def skipped_frames_topic(cam: CameraTopics, node_name: str) -> str:
     """``<camera ns>/<node>/replay_skipped``, beside the camera's detections topic."""
     return f"{cam.namespace}/{node_name}/{SKIPPED_OUTPUT}"
-
-
-def _decode(msg: Any, msgtype: str, cfg: VlsamConfig) -> np.ndarray:
-    from vlsam_ros import image_decoding
-
-    kwargs = dict(max_pixels=cfg.node.max_image_pixels, uint16_scaling=cfg.node.uint16_scaling)
-    if msgtype == COMPRESSED_TYPE:
-        return image_decoding.compressed_to_rgb(msg, **kwargs)
-    return image_decoding.image_to_rgb(msg, **kwargs)
 
 
 def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
@@ -283,7 +272,7 @@ def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
                     st.frames += 1
                     msg = store.deserialize_cdr(raw, conn.msgtype)
                     try:
-                        rgb = _decode(msg, conn.msgtype, cfg)
+                        rgb = conversions.decode_image_msg(msg, cfg.node)
                         t0 = time.perf_counter()
                         try:
                             result = pipeline.run(rgb)

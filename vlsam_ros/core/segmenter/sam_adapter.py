@@ -40,8 +40,9 @@ SAM_VARIANTS: dict[str, SamVariant] = {
                         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth"),
     "vit_b": SamVariant("segment_anything", "build_sam_vit_b", "sam_vit_b_01ec64.pth",
                         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"),
-    "vit_t": SamVariant("mobile_sam", "build_sam_vit_t", "mobile_sam.pt",
-                        "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"),
+    "vit_t": SamVariant(
+        "mobile_sam", "build_sam_vit_t", "mobile_sam.pt",
+        "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"),
 }
 
 

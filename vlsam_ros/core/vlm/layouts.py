@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Sequence
 
 import torch
@@ -164,9 +163,6 @@ def qwen2_vl_layout(ids: Sequence[int], image_token_id: int, image_hw: tuple[int
     positions = torch.arange(start, end)
     h, w = image_hw
     return ImageLayout(positions, positions.reshape(rows, cols), (0.0, 0.0, float(w), float(h)))
-
-
-_ROW_COL = re.compile(r"<row_(\d+)_col_(\d+)>")
 
 
 def idefics3_layout(ids: Sequence[int], image_token_id: int, image_hw: tuple[int, int],

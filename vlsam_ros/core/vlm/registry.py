@@ -37,8 +37,12 @@ def _looks_like_path(source: str) -> bool:
 
 def missing_model_message(source: str, family: str, reason: str = "") -> str:
     """What is missing, how to get it, and which config key to point at it."""
-    hub_id = source if not _looks_like_path(source) else SUGGESTED_CHECKPOINTS[family]
+    is_hub_id = not _looks_like_path(source)
+    hub_id = source if is_hub_id else SUGGESTED_CHECKPOINTS[family]
     local = f"models/{hub_id.split('/')[-1]}"
+    if is_hub_id:
+        reason = (f"if {source!r} is meant as a local folder: it does not exist relative to "
+                  f"{Path.cwd()}; " + reason)
     return (f"VLM weights not found: vlm.model={source!r} (vlm.family={family!r}) is neither a "
             f"folder on disk nor in the local Hugging Face cache, and nothing is downloaded at "
             f"run time. Get them on a machine with network access, e.g. "

@@ -119,32 +119,40 @@ def build_tiny_tokenizer(family: str):
     return fast
 
 
-def _llama_text_config(vocab_size: int, **ids):
+def _llama_text_config(vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4,
+                       kv_heads: int = 2, intermediate: int = 128, **ids):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=2048, tie_word_embeddings=False, **ids)
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
+                       num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=kv_heads, max_position_embeddings=8192,
+                       tie_word_embeddings=False, **ids)
 
 
-def _clip_vision_config(image_size: int, patch_size: int):
+def _clip_vision_config(image_size: int, patch_size: int, hidden: int = 32, layers: int = 2,
+                        heads: int = 4):
     from transformers import CLIPVisionConfig
 
-    return CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, image_size=image_size, patch_size=patch_size,
-                            projection_dim=32)
+    return CLIPVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden,
+                            num_hidden_layers=layers, num_attention_heads=heads,
+                            image_size=image_size, patch_size=patch_size, projection_dim=hidden)
 
 
-def _build_llava(tokenizer):
-    """LLaVA-1.5: CLIP tower (48 px, 8 px patches -> 6x6 = 36 image tokens) + Llama."""
+def _build_llava(tokenizer, *, image_size: int = 48, patch: int = 8, vision_hidden: int = 32,
+                 vision_layers: int = 2, text_hidden: int = 64, text_layers: int = 2,
+                 heads: int = 4, kv_heads: int = 2, intermediate: int = 128):
+    """LLaVA-1.5: CLIP tower + Llama. Tiny default: 48 px, 8 px patches -> 6x6 = 36 image
+    tokens. The keyword sizes let benchmarks build mid-size random models of the same
+    architecture (e.g. 336 px / 14 px patches -> 576 image tokens, hidden 1024)."""
     from transformers import (LlavaConfig, LlavaForConditionalGeneration, LlavaImageProcessor,
                               LlavaProcessor)
 
-    image_size, patch = 48, 8
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     config = LlavaConfig(
-        vision_config=_clip_vision_config(image_size, patch),
-        text_config=_llama_text_config(len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        vision_config=_clip_vision_config(image_size, patch, vision_hidden, vision_layers),
+        text_config=_llama_text_config(len(tokenizer), text_hidden, text_layers, heads,
+                                       kv_heads, intermediate,
+                                       bos_token_id=tokenizer.bos_token_id,
                                        eos_token_id=tokenizer.eos_token_id,
                                        pad_token_id=tokenizer.pad_token_id),
         image_token_index=image_token_id, image_seq_length=(image_size // patch) ** 2,
@@ -249,9 +257,10 @@ _SEPARATOR_GAIN = 2.0
 
 def _favour_object_words(model, tokenizer) -> None:
     """Rescales the LM head so random generations consist of object words, modifiers,
-    commas and 'and' (plus end of sequence); every other token's logit is zeroed."""
+    commas and 'and'; every other token's logit (end of sequence included) is zeroed, so
+    generations usually run to max_new_tokens."""
     head = model.get_output_embeddings().weight
-    keep = [*OBJECT_WORDS, *MODIFIER_WORDS, ",", "and", "a", tokenizer.eos_token]
+    keep = [*OBJECT_WORDS, *MODIFIER_WORDS, ",", "and", "a"]
     keep_ids = torch.tensor(tokenizer.convert_tokens_to_ids(keep))
     gain = torch.zeros(head.shape[0], 1)
     gain[keep_ids] = _OUTPUT_WORD_GAIN
@@ -268,17 +277,20 @@ _BUILDERS: dict[str, Callable] = {
 }
 
 
-def build_tiny_vlm(family: str, seed: int = 0):
+def build_tiny_vlm(family: str, seed: int = 0, **sizes):
     """Returns ``(model, processor)`` of a tiny random VLM of ``family`` (float32, eval mode).
 
     Same seed, same weights. The model has a generation config with greedy decoding.
+    ``sizes`` (llava only) override the tiny dimensions, see ``_build_llava``.
     """
     if family not in _BUILDERS:
         raise ValueError(f"unknown VLM family {family!r}; expected one of {list(FAMILIES)}")
+    if sizes and family != "llava":
+        raise ValueError("size overrides are only supported for the llava family")
     tokenizer = build_tiny_tokenizer(family)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, processor = _BUILDERS[family](tokenizer)
+        model, processor = _BUILDERS[family](tokenizer, **sizes)
         _favour_object_words(model, tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
