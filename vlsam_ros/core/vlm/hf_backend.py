@@ -29,6 +29,7 @@ import torch
 
 from vlsam_ros.core import attention as attn
 from vlsam_ros.core.config import AttentionConfig, VlmConfig
+from vlsam_ros.core.device import resolve_device
 from vlsam_ros.core.errors import (AttentionUnavailableError, DeviceUnavailableError,
                                    InvalidImageError, ModelNotFoundError)
 from vlsam_ros.core.results import ObjectName, VlmAnswer
@@ -37,23 +38,6 @@ from vlsam_ros.core.vlm.capture import AttentionRecorder, QKHook, capturing
 from vlsam_ros.core.vlm.object_names import parse_object_names, token_char_spans
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``'cpu'``, ``'cuda'`` or ``'cuda:N'`` -> torch.device; raises DeviceUnavailableError
-    when CUDA (or that index) is not present. Never falls back to the CPU."""
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceUnavailableError(f"device={name!r}: CUDA is not available on this machine "
-                                         "(set device: cpu to run on the CPU)")
-        index = device.index or 0
-        if index >= torch.cuda.device_count():
-            raise DeviceUnavailableError(f"device={name!r}: only {torch.cuda.device_count()} "
-                                         "CUDA device(s) present")
-    elif device.type != "cpu":
-        raise DeviceUnavailableError(f"device={name!r}: unsupported device type")
-    return device
 
 
 def check_image(image: Any, index: int) -> np.ndarray:
