@@ -21,7 +21,6 @@ for that step by ``generate(output_attentions=True)`` and exists for every gener
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,9 +28,8 @@ import torch
 
 from vlsam_ros.core import attention as attn
 from vlsam_ros.core.config import AttentionConfig, VlmConfig
-from vlsam_ros.core.device import resolve_device
-from vlsam_ros.core.errors import (AttentionUnavailableError, DeviceUnavailableError,
-                                   InvalidImageError, ModelNotFoundError)
+from vlsam_ros.core.errors import (AttentionUnavailableError, InvalidImageError,
+                                   ModelNotFoundError)
 from vlsam_ros.core.results import ObjectName, VlmAnswer
 from vlsam_ros.core.vlm import layouts
 from vlsam_ros.core.vlm.capture import AttentionRecorder, QKHook, capturing

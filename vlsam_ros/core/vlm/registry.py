@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlsam_ros.core.config import VlsamConfig
+from vlsam_ros.core.device import resolve_device
 from vlsam_ros.core.errors import ModelNotFoundError
 from vlsam_ros.core.vlm.hf_backend import (HuggingFaceVlm, Idefics3Vlm, LlavaNextVlm, LlavaVlm,
-                                           Qwen2VlVlm, _DTYPES, resolve_device)
+                                           Qwen2VlVlm, _DTYPES)
 
 BACKENDS: dict[str, type[HuggingFaceVlm]] = {
     "llava": LlavaVlm,
