@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -158,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"[1/4] reusing tiny random models in {args.models}")
     overrides = tiny_model_overrides(args.models)
+    # The demo owns these outputs: a re-run replaces the previous run's results.
+    for part in ("dataset", "live", "input_bag", "detections_bag", "evaluation"):
+        shutil.rmtree(args.out / part, ignore_errors=True)
     dataset_dir = args.out / "dataset"
     print(f"[2/4] writing a {args.frames}-frame street-like dataset (CODA layout) to {dataset_dir}")
     gt_path = make_demo_dataset(dataset_dir, num_frames=args.frames, width=FRAME_SIZE[0],
