@@ -26,13 +26,7 @@ PLANT_GAIN = 8.0       # |q| = |k| = 8: logit 64 / sqrt(d) dwarfs the tiny model
 PLANT_HEAD = 0         # one query head is planted; the others keep the generation varied
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run faster on one thread, above all on a loaded shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

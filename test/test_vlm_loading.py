@@ -15,13 +15,7 @@ from vlsam_ros.core.vlm.tiny import FAMILIES, build_tiny_vlm, save_tiny_vlm
 QUESTIONS = ["Describe this driving scene.", "List every object."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run faster on one thread, above all on a loaded shared machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images():
