@@ -1,8 +1,13 @@
 """Benchmark of the segmentation side: batched SAM decoding and a full-recipe frame.
 
-1. ``batched_decode_speedup``: time of K single-prompt decoder calls divided by the time
-   of one decoder call with all K prompts (MobileSAM vit_t, seeded random weights, same
-   image embedding; median over repeats, after a warm-up).
+1. ``batched_decode_speedup``: time of the per-object loop (K calls of the package's stock
+   mask decoder, one prompt each) divided by the time of the pipeline's one batched
+   factored decoder call with all K prompts (MobileSAM vit_t, seeded random weights, same
+   image embedding; median over repeats, after a warm-up). The two same-decoder ratios
+   (loop / batched with the stock decoder, and with the factored one) are printed beside
+   it, so the share of batching and of the factored evaluation can be told apart, and
+   ``speedup_bound_from_tail``: the per-object loop time over the time of the decoder work
+   that is nonlinear in each prompt's own data (an upper bound for any exact batching).
 2. Per-stage times of one full-recipe frame (tiles + question ensemble + refinement) with
    the tiny random models (VLM + vit_t) loaded through the production loaders.
 
@@ -14,6 +19,7 @@ The last printed line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -44,9 +50,44 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+@torch.inference_mode()
+def _per_prompt_tail(model: torch.nn.Module, objects: int) -> None:
+    """The decoder work no batching can share: after the first transposed convolution every
+    step (LayerNorm2d, GELU, second transposed convolution, GELU, hypernetwork dot product)
+    is nonlinear in a per-prompt input, on 64*128*128 + 32*256*256 values per prompt. Runs
+    it for ``objects`` prompts in the factored decoder's layout and CPU chunk size, so
+    stock_loop_ms / its time bounds what any exact batched decoder can gain."""
+    import torch.nn.functional as F
+
+    from vlsam_ros.core.segmenter.sam_adapter import CPU_DECODER_CHUNK
+
+    _, norm, act1, conv2, act2 = model.mask_decoder.output_upscaling
+    mid, out = conv2.weight.shape[:2]
+    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(mid, 4 * out)
+    generator = torch.Generator().manual_seed(0)
+    cells = 64 * 64
+    for start in range(0, objects, CPU_DECODER_CHUNK):
+        k = min(CPU_DECODER_CHUNK, objects - start)
+        x = torch.randn(k * cells * 4, mid, generator=generator)
+        x = act1(F.layer_norm(x, (mid,), norm.weight, norm.bias, norm.eps))
+        x = act2(torch.addmm(conv2.bias.repeat(4), x, w2))
+        torch.matmul(x.view(k, -1, out), torch.ones(k, out, 1))
+
+
 def bench_decoder(model_dir: Path, objects: int, repeats: int, device: str,
                   image: np.ndarray) -> dict:
-    from vlsam_ros.core.config import from_flat
+    """Times the decoding of ``objects`` point-pair prompts on one image embedding.
+
+    - stock_loop: one call of the package's MaskDecoder per object (sam.decoder=stock), the
+      per-object loop the batched call replaces;
+    - stock_batched: one stock call with all prompts;
+    - factored_loop: one factored call per object (image-side cache built once per loop);
+    - factored_batched: one factored call with all prompts (the pipeline's path), the
+      image-side cache built inside the timed call.
+    Every variant includes the prompt encoder and the postprocessing to full-resolution
+    masks, as ``SamSegmenter.segment`` does.
+    """
+    from vlsam_ros.core.config import SamConfig, from_flat
     from vlsam_ros.core.segmenter import load_segmenter
 
     cfg = from_flat({"device": device, "sam.type": "vit_t",
@@ -59,19 +100,42 @@ def bench_decoder(model_dir: Path, objects: int, repeats: int, device: str,
                       axis=-1).astype(np.float32)                    # (K, 2, 2)
     labels = np.tile(np.array([1, 0]), (objects, 1))
 
+    def fresh():
+        """The same embedding without a cached image side."""
+        return dataclasses.replace(embedding, decoder_cache={})
+
     def batched():
-        seg.segment(embedding, points, labels)
+        return seg.segment(fresh(), points, labels)
 
     def loop():
-        for i in range(objects):
-            seg.segment(embedding, points[i:i + 1], labels[i:i + 1])
+        emb = fresh()
+        return [seg.segment(emb, points[i:i + 1], labels[i:i + 1]) for i in range(objects)]
 
-    batched(), loop()                                                 # warm-up
-    batched_ms = _median_ms(batched, repeats)
-    loop_ms = _median_ms(loop, repeats)
+    times = {}
+    outputs = {}
+    for decoder in ("stock", "factored"):
+        seg.configure(SamConfig(decoder=decoder))
+        outputs[decoder] = batched()
+        loop()                                                        # warm-up
+        times[f"{decoder}_batched_ms"] = _median_ms(batched, repeats)
+        times[f"{decoder}_loop_ms"] = _median_ms(loop, repeats)
+    seg.configure(SamConfig())
+    tail_ms = _median_ms(lambda: _per_prompt_tail(seg.model, objects), repeats)
     encoder_ms = _median_ms(lambda: seg.embed(image), max(1, repeats // 2))
-    return {"objects": objects, "loop_ms": round(loop_ms, 1), "batched_ms": round(batched_ms, 1),
-            "batched_decode_speedup": round(loop_ms / batched_ms, 2),
+    stock, factored = outputs["stock"], outputs["factored"]
+    mask_pixels_differing = int((stock.masks != factored.masks).sum())
+    return {"objects": objects, **{k: round(v, 1) for k, v in times.items()},
+            "batched_decode_speedup": round(times["stock_loop_ms"]
+                                            / times["factored_batched_ms"], 2),
+            "speedup_same_decoder_factored": round(times["factored_loop_ms"]
+                                                   / times["factored_batched_ms"], 2),
+            "speedup_same_decoder_stock": round(times["stock_loop_ms"]
+                                                / times["stock_batched_ms"], 2),
+            "per_prompt_tail_ms": round(tail_ms, 1),
+            "speedup_bound_from_tail": round(times["stock_loop_ms"] / tail_ms, 2),
+            "factored_vs_stock_max_abs_logit_diff": float(np.abs(
+                stock.low_res_logits - factored.low_res_logits).max()),
+            "factored_vs_stock_mask_pixels_differing": mask_pixels_differing,
             "vit_t_encoder_ms": round(encoder_ms, 1)}
 
 

@@ -176,6 +176,16 @@ class SamConfig(_Section):
     overlap_encoder: bool = _field(True, "Run the SAM image encoder in a worker thread while "
                                    "the VLM generates (both only need the image).",
                                    runtime=True)
+    decoder: str = _field("factored", "Mask decoder evaluation: 'factored' shares the "
+                          "prompt-independent image work across prompts and folds projections "
+                          "onto the few prompt tokens (same outputs up to float rounding); "
+                          "'stock' calls the package's MaskDecoder.", choices=("factored", "stock"),
+                          runtime=True)
+    decoder_chunk: int = _field(0, "Prompts the factored decoder processes together; 0 picks "
+                                "by device: 2 on CPU (keeps each prompt's 4 MB image state in "
+                                "cache), 64 on CUDA (bounds the decoder's transient memory to "
+                                "about 2 GB).", range=(0, 4096),
+                                runtime=True)
 
 
 @dataclasses.dataclass(frozen=True)

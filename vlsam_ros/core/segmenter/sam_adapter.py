@@ -21,6 +21,19 @@ from vlsam_ros.core.config import SamConfig, VlsamConfig
 from vlsam_ros.core.device import resolve_device
 from vlsam_ros.core.errors import ModelNotFoundError
 from vlsam_ros.core.segmenter.base import LOW_RES_MASK_SIZE, SegmentationBatch
+from vlsam_ros.core.segmenter.factored_decoder import (
+    ImageSideCache, build_image_side_cache, decode_best_masks)
+
+CPU_DECODER_CHUNK = 2
+"""Prompts per factored-decoder chunk on CPU when ``sam.decoder_chunk`` is 0: each prompt
+carries a (4096, 256) float32 image state (4 MB), and two of them kept the fastest time in
+``bench/segment.py`` on the 2-core development CPU (L2 2 MB per core, L3 32 MB)."""
+
+CUDA_DECODER_CHUNK = 64
+"""Prompts per factored-decoder chunk on CUDA when ``sam.decoder_chunk`` is 0. Each prompt
+needs about 30 MB of transient float32 tensors (image states of 4096 x 256, upscaling
+tensors of 4096 x 4 x 64 and 4096 x 16 x 32), so 64 prompts stay near 2 GB; estimated from
+the tensor shapes, not measured on a GPU (none was available)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,11 +109,15 @@ class SamEmbedding:
     features: float (1, 256, 64, 64) on the model's device.
     original_size: (H, W) of the image given to ``embed``.
     input_size: (h, w) of the resized image before padding to the encoder's square input.
+    decoder_cache: the prompt-independent decoder work for this image, filled by the first
+        factored ``segment`` call without mask prompts and reused by later ones.
     """
 
     features: torch.Tensor
     original_size: tuple[int, int]
     input_size: tuple[int, int]
+    decoder_cache: dict[str, ImageSideCache] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False)
 
 
 class SamSegmenter:
@@ -112,13 +129,15 @@ class SamSegmenter:
         transforms = _import_package("segment_anything.utils.transforms")
         # The exact resize SAM was trained with (PIL bilinear, longest side to img_size).
         self.resize = transforms.ResizeLongestSide(int(model.image_encoder.img_size))
-        self.multimask = sam_cfg.multimask
-        self.mask_threshold = sam_cfg.mask_threshold
+        self.configure(sam_cfg)
 
     def configure(self, sam_cfg: SamConfig) -> None:
-        """Applies multimask and mask_threshold from the next ``segment`` call on."""
+        """Applies multimask, mask_threshold, decoder and decoder_chunk from the next
+        ``segment`` call on."""
         self.multimask = sam_cfg.multimask
         self.mask_threshold = sam_cfg.mask_threshold
+        self.decoder = sam_cfg.decoder
+        self.decoder_chunk = sam_cfg.decoder_chunk
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> SamEmbedding:
@@ -138,7 +157,8 @@ class SamSegmenter:
         """One batched decoder call for K prompts (see PromptableSegmenter.segment).
 
         With multimask, SAM returns 3 candidates per prompt and the one with the highest
-        predicted IoU is kept; otherwise SAM's single-mask output is used.
+        predicted IoU is kept; otherwise SAM's single-mask output is used. ``sam.decoder``
+        picks the factored evaluation (default) or the package's stock decoder.
         """
         points = np.asarray(points, dtype=np.float32)
         labels = np.asarray(labels)
@@ -151,6 +171,12 @@ class SamSegmenter:
             raise ValueError(f"mask_logits must be ({k}, 1, {LOW_RES_MASK_SIZE}, "
                              f"{LOW_RES_MASK_SIZE}); got {mask_logits.shape}")
         height, width = embedding.original_size
+        if k == 0:
+            return SegmentationBatch(
+                masks=np.zeros((0, height, width), dtype=bool),
+                iou_predictions=np.zeros((0,), dtype=np.float32),
+                low_res_logits=np.zeros((0, 1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE),
+                                        dtype=np.float32))
         in_h, in_w = embedding.input_size
         coords = torch.from_numpy(points).to(self.device)                       # (K, P, 2)
         scale = torch.tensor([in_w / width, in_h / height], device=self.device)
@@ -163,6 +189,22 @@ class SamSegmenter:
             mask_t = mask_t.to(self.device)
         sparse, dense = self.model.prompt_encoder(points=(coords, label_t), boxes=None,
                                                   masks=mask_t)
+        if self.decoder == "factored":
+            low_res, iou = self._decode_factored(embedding, sparse,
+                                                 None if mask_t is None else dense)
+        else:
+            low_res, iou = self._decode_stock(embedding, sparse, dense)
+        full = self.model.postprocess_masks(low_res, embedding.input_size,
+                                            embedding.original_size)           # (K, 1, H, W)
+        masks = (full[:, 0] > self.mask_threshold).cpu().numpy()
+        return SegmentationBatch(masks=masks,
+                                 iou_predictions=iou.float().cpu().numpy(),
+                                 low_res_logits=low_res.float().cpu().numpy())
+
+    def _decode_stock(self, embedding: SamEmbedding, sparse: torch.Tensor,
+                      dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The package's MaskDecoder on all K prompts at once, then the best mask per
+        prompt. Returns low-res logits (K, 1, 256, 256) and IoU (K,)."""
         low_res, iou = self.model.mask_decoder(
             image_embeddings=embedding.features,
             image_pe=self.model.prompt_encoder.get_dense_pe(),
@@ -171,15 +213,24 @@ class SamSegmenter:
             multimask_output=self.multimask,
         )                                                      # (K, C, 256, 256), (K, C)
         best = iou.argmax(dim=1)                                                # (K,)
-        rows = torch.arange(k, device=self.device)
-        low_res = low_res[rows, best][:, None]                                  # (K, 1, 256, 256)
-        iou = iou[rows, best]                                                   # (K,)
-        full = self.model.postprocess_masks(low_res, embedding.input_size,
-                                            embedding.original_size)           # (K, 1, H, W)
-        masks = (full[:, 0] > self.mask_threshold).cpu().numpy()
-        return SegmentationBatch(masks=masks,
-                                 iou_predictions=iou.float().cpu().numpy(),
-                                 low_res_logits=low_res.float().cpu().numpy())
+        rows = torch.arange(iou.shape[0], device=self.device)
+        return low_res[rows, best][:, None], iou[rows, best]
+
+    def _decode_factored(self, embedding: SamEmbedding, sparse: torch.Tensor,
+                         dense: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The factored decoder (factored_decoder.py); without mask prompts it reuses the
+        embedding's image-side cache. Returns low-res logits (K, 1, 256, 256) and IoU (K,)."""
+        cache = None
+        if dense is None:
+            cache = embedding.decoder_cache.get("image_side")
+            if cache is None:
+                cache = build_image_side_cache(self.model, embedding.features)
+                embedding.decoder_cache["image_side"] = cache
+        chunk = self.decoder_chunk
+        if chunk == 0:
+            chunk = CPU_DECODER_CHUNK if self.device.type == "cpu" else CUDA_DECODER_CHUNK
+        return decode_best_masks(self.model, embedding.features, sparse, dense,
+                                 self.multimask, cache, max(chunk, 1))
 
 
 def load_segmenter(cfg: VlsamConfig) -> SamSegmenter:
