@@ -60,10 +60,11 @@ def test_segment_shapes_and_dtypes(segmenter, embedding, image):
     assert again.masks.shape == out.masks.shape
 
 
+@pytest.mark.parametrize("decoder", ["factored", "stock"])
 @pytest.mark.parametrize("with_logits,multimask", [(False, True), (True, False)])
 def test_batched_decoder_call_equals_one_call_per_object(segmenter, embedding, with_logits,
-                                                         multimask):
-    segmenter.configure(SamConfig(multimask=multimask))
+                                                         multimask, decoder):
+    segmenter.configure(SamConfig(multimask=multimask, decoder=decoder, decoder_chunk=3))
     try:
         k = 4
         points, labels = _prompts(k, seed=1)

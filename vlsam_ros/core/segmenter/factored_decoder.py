@@ -52,7 +52,6 @@ class ImageSideCache:
     keys, values: float (1, H, N, d), layer 1 token->image key/value projections of
         ``src + pe`` and ``src`` (H heads of d channels).
     image_queries: float (1, N, H*d), layer 1 image->token query projection of ``src + pe``.
-    grid: (h, w) of the embedding grid.
     """
 
     src: torch.Tensor
@@ -60,7 +59,6 @@ class ImageSideCache:
     keys: torch.Tensor
     values: torch.Tensor
     image_queries: torch.Tensor
-    grid: tuple[int, int]
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -77,7 +75,7 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 def _softmax_short_last(x: torch.Tensor) -> torch.Tensor:
     """Softmax over a short last axis (the T tokens), written out: max, exp, normalise.
-    Same result as torch.softmax, which is several times slower on CPU when the last axis
+    Same function as torch.softmax, which is several times slower on CPU when the last axis
     has only T ~ 8 entries. Overwrites ``x``."""
     x = x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
     return x.div_(x.sum(dim=-1, keepdim=True))
@@ -113,8 +111,7 @@ def build_image_side_cache(model: nn.Module, features: torch.Tensor) -> ImageSid
         src=src, pe=pe,
         keys=_heads(to_image.k_proj(with_pe), to_image.num_heads),
         values=_heads(to_image.v_proj(src), to_image.num_heads),
-        image_queries=to_token.q_proj(with_pe),
-        grid=(int(features.shape[2]), int(features.shape[3])))
+        image_queries=to_token.q_proj(with_pe))
 
 
 def _token_to_image(attn: nn.Module, queries: torch.Tensor, image_keys: torch.Tensor,
