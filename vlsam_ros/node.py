@@ -52,7 +52,7 @@ from vlsam_ros.latest_frame_slot import FrameSlots, SlotObserver
 from vlsam_ros.msg import DetectionArray
 from vlsam_ros.parameters import (config_from_parameters, config_with_changes,
                                   declare_schema_parameters)
-from vlsam_ros.process_memory import limit_malloc_arenas
+from vlsam_ros.process_memory import limit_malloc_arenas, trim_free_memory
 from vlsam_ros.visualization import markers_msg, overlay_msg
 
 PipelineFactory = Callable[[VlsamConfig], Any]
@@ -338,6 +338,9 @@ class VlsamNode(LifecycleNode):
                 self.get_logger().error(
                     f"{cam.topics.input}: frame failed: {exc}\n{traceback.format_exc()}",
                     throttle_duration_sec=self._throttle_s())
+            cfg = self.config
+            if cfg is not None and cfg.node.malloc_trim_each_frame:
+                trim_free_memory()
 
     def _throttle_s(self) -> float:
         cfg = self.config
