@@ -230,7 +230,7 @@ class SamSegmenter:
         if chunk == 0:
             chunk = CPU_DECODER_CHUNK if self.device.type == "cpu" else CUDA_DECODER_CHUNK
         return decode_best_masks(self.model, embedding.features, sparse, dense,
-                                 self.multimask, cache, max(chunk, 1))
+                                 self.multimask, cache, chunk)
 
 
 def load_segmenter(cfg: VlsamConfig) -> SamSegmenter:
