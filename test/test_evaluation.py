@@ -14,6 +14,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from vlsam_ros.core import evaluation as ev
+from vlsam_ros.core import lvis_evaluation as lvis
+from vlsam_ros.core import text_encoders as te
 
 CODA_CATEGORIES = [
     {"id": 1, "name": "pedestrian", "supercategory": "common"},
@@ -213,12 +215,12 @@ class SynonymEncoder:
 def test_label_mapping_uses_the_given_encoder():
     cats = [{"id": 10, "name": "dog"}, {"id": 11, "name": "traffic_cone"},
             {"id": 12, "name": "pedestrian"}]
-    mapped = ev.map_labels_to_categories(["puppy", "pylon", "person"], cats, SynonymEncoder())
+    mapped = te.map_labels_to_categories(["puppy", "pylon", "person"], cats, SynonymEncoder())
     assert [cid for cid, _ in mapped] == [10, 11, 12]
-    hashed = ev.map_labels_to_categories(["traffic cones", "dogs"], cats,
-                                         ev.HashingTextEncoder())
+    hashed = te.map_labels_to_categories(["traffic cones", "dogs"], cats,
+                                         te.HashingTextEncoder())
     assert [cid for cid, _ in hashed] == [11, 10]
-    unmapped = ev.map_labels_to_categories(["zebra"], cats, SynonymEncoder(),
+    unmapped = te.map_labels_to_categories(["zebra"], cats, SynonymEncoder(),
                                            min_similarity=0.5)
     assert unmapped[0][0] is None
 
@@ -251,7 +253,7 @@ def lvis_dataset():
 
 def test_lvis_style_rare_ap_perfect_and_matches_pycocotools(tmp_path):
     gt, dets = lvis_dataset()
-    result = ev.evaluate_lvis_style(gt, dets, SynonymEncoder())
+    result = lvis.evaluate_lvis_style(gt, dets, SynonymEncoder())
     assert result["AP"]["bbox"] == pytest.approx(1.0)
     assert result["AP"]["segm"] == pytest.approx(1.0)
     assert result["label_map"]["puppy"][0] == "dog"
@@ -278,7 +280,7 @@ def test_lvis_style_wrong_mapping_scores_zero():
     gt, dets = lvis_dataset()
     for d in dets:
         d["label"] = "zebra"  # maps to nothing useful under the toy encoder
-    result = ev.evaluate_lvis_style(gt, dets, SynonymEncoder(), min_similarity=0.5)
+    result = lvis.evaluate_lvis_style(gt, dets, SynonymEncoder(), min_similarity=0.5)
     assert result["num_mapped"] == 0
     assert result["AP"]["bbox"] == 0.0
 
@@ -297,13 +299,13 @@ def test_transformers_text_encoder_loads_a_local_model(tmp_path):
                          max_position_embeddings=32)).save_pretrained(tmp_path)
     BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
 
-    encoder = ev.TransformersTextEncoder(tmp_path)
+    encoder = te.TransformersTextEncoder(tmp_path)
     emb = encoder.encode(["a dog", "a traffic cone", "a dog"])
     assert emb.shape == (3, 32) and emb.dtype == np.float32
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert np.allclose(emb[0], emb[2])
     cats = [{"id": 1, "name": "dog"}, {"id": 2, "name": "traffic_cone"}]
-    assert [c for c, _ in ev.map_labels_to_categories(["dog", "traffic cone"], cats,
+    assert [c for c, _ in te.map_labels_to_categories(["dog", "traffic cone"], cats,
                                                        encoder)] == [1, 2]
     with pytest.raises(FileNotFoundError, match="text encoder folder not found"):
-        ev.TransformersTextEncoder(tmp_path / "missing")
+        te.TransformersTextEncoder(tmp_path / "missing")

@@ -1,4 +1,4 @@
-"""Class-agnostic recall (CODA protocol) and LVIS-style AP, on top of pycocotools.
+"""Class-agnostic recall (CODA protocol) on top of pycocotools, and its inputs and outputs.
 
 No ROS import. Inputs are COCO-format dicts (or JSON files):
 
@@ -31,15 +31,7 @@ restricted to that group's annotations. A prediction that would have matched an 
 another group may then match an object of this group instead, exactly as pycocotools does
 when run on the filtered file.
 
-**LVIS-style mode.** Free-text labels are mapped to the category list by the cosine
-similarity of text embeddings (``"a {name}"`` by default, as the paper does with CLIP),
-through any :class:`TextEncoder`; then the class-aware COCOeval computes box and mask AP
-over the rare categories (``frequency == "r"``). Where images carry LVIS'
-``neg_category_ids`` / ``not_exhaustive_category_ids``, predictions of categories that are
-neither annotated nor listed as negative in an image are dropped before scoring (LVIS'
-federated rule); the official ``lvis`` API also ignores unmatched predictions of
-not-exhaustive categories, which pycocotools cannot express, so numbers can differ slightly
-from the official LVIS evaluator.
+LVIS-style AP over free-text labels is in ``lvis_evaluation.py``.
 """
 
 from __future__ import annotations
@@ -47,12 +39,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import io
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -212,7 +203,7 @@ def _coco_results(coco_gt, detections: list[dict[str, Any]], iou_type: str):
                             "categories": copy.deepcopy(coco_gt.dataset["categories"])})
 
 
-def _run_cocoeval(gt: Mapping[str, Any], detections: list[dict[str, Any]], iou_type: str,
+def run_cocoeval(gt: Mapping[str, Any], detections: list[dict[str, Any]], iou_type: str,
                   cat_ids: Sequence[int] | None = None, max_dets: Sequence[int] = (1, 10, 100)):
     """Runs COCOeval evaluate/accumulate/summarize quietly and returns it."""
     from pycocotools.cocoeval import COCOeval
@@ -294,7 +285,7 @@ def class_agnostic_recall(gt: Mapping[str, Any], detections: Sequence[Mapping[st
     restricts the ground truth to some original categories (per-category recall).
     """
     agnostic_gt, dets = collapse_categories(gt, detections, keep_category_ids)
-    ev = _run_cocoeval(agnostic_gt, dets, "bbox")
+    ev = run_cocoeval(agnostic_gt, dets, "bbox")
     recall = ev.eval["recall"]  # (T=10 IoU, K=1 category, A=4 areas, M=3 maxDets)
     curve = tuple(_none_if_missing(recall[t, 0, 0, -1]) for t in range(len(IOU_THRESHOLDS)))
     return RecallResult(
@@ -372,197 +363,6 @@ def plot_recall_vs_iou(report: Mapping[str, Any], path: str | Path,
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
-
-
-# ----------------------------------------------------------------------------------------
-# LVIS-style mode: free-text labels -> categories by text embeddings
-# ----------------------------------------------------------------------------------------
-
-class TextEncoder(Protocol):
-    """Anything that embeds strings: returns float32 (N, D), one row per text."""
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-class HashingTextEncoder:
-    """Deterministic, dependency-free encoder: hashed character n-grams of the lower-cased,
-    space-padded text, L2-normalised.
-
-    It only measures spelling overlap, not meaning ("puppy" is far from "dog"): use it for
-    tests and as a last resort; pass a real sentence or CLIP text encoder for real scores.
-    """
-
-    def __init__(self, dim: int = 512, ngram: int = 3) -> None:
-        if dim < 1 or ngram < 1:
-            raise ValueError("dim and ngram must be positive")
-        self.dim = dim
-        self.ngram = ngram
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            padded = f" {' '.join(text.lower().split())} "
-            for i in range(max(1, len(padded) - self.ngram + 1)):
-                gram = padded[i:i + self.ngram].encode()
-                digest = hashlib.blake2b(gram, digest_size=8).digest()
-                out[row, int.from_bytes(digest, "little") % self.dim] += 1.0
-            norm = np.linalg.norm(out[row])
-            if norm > 0:
-                out[row] /= norm
-        return out
-
-
-class TransformersTextEncoder:
-    """Mean-pooled, L2-normalised token embeddings of a local Hugging Face text model
-    (e.g. a folder holding sentence-transformers/all-MiniLM-L6-v2). Never downloads:
-    ``model_path`` must be a folder on disk."""
-
-    def __init__(self, model_path: str | Path, device: str = "cpu", max_length: int = 32):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
-        path = Path(model_path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"text encoder folder not found: {path}")
-        self._torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
-        self.device = device
-        self.max_length = max_length
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        torch = self._torch
-        batch = self.tokenizer(list(texts), padding=True, truncation=True,
-                               max_length=self.max_length, return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state  # (N, T, D)
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (N, D)
-        pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled.float().cpu().numpy()
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"text encoder must return (N, D) embeddings, got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
-def map_labels_to_categories(labels: Sequence[str], categories: Sequence[Mapping[str, Any]],
-                             encoder: TextEncoder, template: str = "a {}",
-                             min_similarity: float | None = None,
-                             ) -> list[tuple[int | None, float]]:
-    """Maps each free-text label to the category whose ``template.format(name)`` embedding
-    has the highest cosine similarity with ``template.format(label)``.
-
-    Category names use spaces for underscores (LVIS writes ``traffic_cone``). Returns one
-    ``(category_id, similarity)`` per label; ``category_id`` is None when the best similarity
-    is below ``min_similarity``. Ties go to the first category in list order.
-    """
-    if not categories:
-        raise ValueError("no categories to map labels to")
-    if not labels:
-        return []
-    names = [template.format(str(c["name"]).replace("_", " ")) for c in categories]
-    cat_emb = _unit_rows(encoder.encode(names))  # (C, D)
-    lab_emb = _unit_rows(encoder.encode([template.format(label) for label in labels]))  # (N, D)
-    if cat_emb.shape[1] != lab_emb.shape[1]:
-        raise ValueError("text encoder returned embeddings of different widths")
-    sim = lab_emb @ cat_emb.T  # (N, C) cosine similarities
-    best = np.argmax(sim, axis=1)
-    out: list[tuple[int | None, float]] = []
-    for row, col in enumerate(best):
-        s = float(sim[row, col])
-        cid = categories[col]["id"] if min_similarity is None or s >= min_similarity else None
-        out.append((cid, s))
-    return out
-
-
-def apply_federated_rule(gt: Mapping[str, Any],
-                         detections: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Drops detections whose category is neither annotated in their image nor listed in the
-    image's ``neg_category_ids`` (LVIS' federated rule). Images without
-    ``neg_category_ids`` keep all their detections."""
-    positives: dict[int, set[int]] = {}
-    for ann in gt["annotations"]:
-        positives.setdefault(ann["image_id"], set()).add(ann["category_id"])
-    negatives = {img["id"]: set(img["neg_category_ids"]) for img in gt["images"]
-                 if "neg_category_ids" in img}
-    out = []
-    for det in detections:
-        image_id = det["image_id"]
-        if image_id not in negatives:
-            out.append(dict(det))
-            continue
-        allowed = positives.get(image_id, set()) | negatives[image_id]
-        if det["category_id"] in allowed:
-            out.append(dict(det))
-    return out
-
-
-def mean_average_precision(precision: np.ndarray) -> float | None:
-    """AP over IoU 0.50:0.95, area "all", the last maxDets, from COCOeval's ``precision``
-    array (T, R, K, A, M): the mean of its valid (> -1) entries, as ``_summarize`` does.
-    (``stats[0]`` itself is hard-wired to maxDets 100 in pycocotools.)"""
-    values = precision[:, :, :, 0, -1]
-    valid = values[values > -1]
-    return float(np.mean(valid)) if valid.size else None
-
-
-def evaluate_lvis_style(gt_source: str | Path | Mapping[str, Any],
-                        det_source: str | Path | Iterable[Mapping[str, Any]],
-                        encoder: TextEncoder, frequencies: Sequence[str] = ("r",),
-                        template: str = "a {}", min_similarity: float | None = None,
-                        iou_types: Sequence[str] = ("bbox", "segm"),
-                        max_dets: int = 300) -> dict[str, Any]:
-    """Maps each detection's ``label`` to a category, then class-aware AP over the
-    categories whose ``frequency`` is in ``frequencies`` (LVIS "r" = rare).
-
-    Returns ``{"AP": {"bbox": ..., "segm": ...}, "num_categories", "num_mapped",
-    "num_unmapped", "label_map": {label: [category name or None, similarity]}}``; AP is a
-    fraction (IoU 0.50:0.95, area all, maxDets ``max_dets``, as LVIS uses 300) or None when
-    none of the evaluated categories has ground truth. Mask AP needs a ``segmentation`` in
-    every ground-truth annotation and detection.
-    """
-    gt = load_ground_truth(gt_source)
-    dets = load_detections(det_source, gt)
-    for i, det in enumerate(dets):
-        if not isinstance(det.get("label"), str):
-            raise EvaluationInputError(f"detections[{i}]: LVIS-style mode needs a text 'label'")
-    if "segm" in iou_types:
-        for i, ann in enumerate(gt["annotations"]):
-            if "segmentation" not in ann:
-                raise EvaluationInputError(
-                    f"annotations[{i}]: mask AP needs a 'segmentation' in the ground truth")
-    eval_cats = [c for c in gt["categories"] if c.get("frequency") in frequencies]
-    if not eval_cats:
-        raise EvaluationInputError(
-            f"no category has frequency in {list(frequencies)}: nothing to evaluate")
-    labels = sorted({d["label"] for d in dets})
-    mapping = dict(zip(labels, map_labels_to_categories(
-        labels, gt["categories"], encoder, template, min_similarity)))
-    mapped = []
-    for det in dets:
-        cid, _ = mapping[det["label"]]
-        if cid is not None:
-            det = dict(det)
-            det["category_id"] = cid
-            mapped.append(det)
-    mapped = apply_federated_rule(gt, mapped)
-    names = {c["id"]: c["name"] for c in gt["categories"]}
-    result: dict[str, Any] = {"AP": {}, "frequencies": list(frequencies),
-                              "num_categories": len(eval_cats),
-                              "num_detections": len(dets), "num_mapped": len(mapped),
-                              "num_unmapped": sum(1 for d in dets if mapping[d["label"]][0] is None),
-                              "label_map": {lab: [names.get(cid) if cid is not None else None,
-                                                  sim] for lab, (cid, sim) in mapping.items()}}
-    cat_ids = [c["id"] for c in eval_cats]
-    for iou_type in iou_types:
-        ev = _run_cocoeval(gt, mapped, iou_type, cat_ids=cat_ids, max_dets=(1, 10, max_dets))
-        result["AP"][iou_type] = mean_average_precision(ev.eval["precision"])
-    return result
 
 
 # ----------------------------------------------------------------------------------------

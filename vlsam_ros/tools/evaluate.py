@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, FRAME_INDEX_KEY, BagError, \
     iter_messages, open_reader, read_custom_data, vlsam_typestore
-from vlsam_ros.core import evaluation
+from vlsam_ros.core import evaluation, lvis_evaluation, text_encoders
 from vlsam_ros.core.coda_dataset import DatasetError, parse_frame_index
 
 LOG = logging.getLogger("vlsam_ros.evaluate")
@@ -100,11 +100,11 @@ def load_frame_index(bag: str | Path) -> dict[int, int]:
     return parse_frame_index(text, f"{bag}/metadata.yaml")
 
 
-def make_text_encoder(spec: str) -> evaluation.TextEncoder:
+def make_text_encoder(spec: str) -> text_encoders.TextEncoder:
     """``"hashing"`` -> HashingTextEncoder; anything else is a local HF text model folder."""
     if spec == "hashing":
-        return evaluation.HashingTextEncoder()
-    return evaluation.TransformersTextEncoder(spec)
+        return text_encoders.HashingTextEncoder()
+    return text_encoders.TransformersTextEncoder(spec)
 
 
 def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = None,
@@ -134,7 +134,7 @@ def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = 
     report = evaluation.evaluate_coda(gt, dets)
     report = {"ground_truth": str(gt_path), **source, **report}
     if lvis:
-        report["lvis_style"] = evaluation.evaluate_lvis_style(
+        report["lvis_style"] = lvis_evaluation.evaluate_lvis_style(
             gt, dets, make_text_encoder(text_encoder),
             iou_types=("bbox", "segm") if all("segmentation" in a for a in gt["annotations"])
             and all("segmentation" in d for d in dets) else ("bbox",))
