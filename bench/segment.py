@@ -55,23 +55,19 @@ def _per_prompt_tail(model: torch.nn.Module, objects: int) -> None:
     """The decoder work no batching can share: after the first transposed convolution every
     step (LayerNorm2d, GELU, second transposed convolution, GELU, hypernetwork dot product)
     is nonlinear in a per-prompt input, on 64*128*128 + 32*256*256 values per prompt. Runs
-    it for ``objects`` prompts in the factored decoder's layout and CPU chunk size, so
+    the factored decoder's own tail for ``objects`` prompts in its CPU chunk size, so
     stock_loop_ms / its time bounds what any exact batched decoder can gain."""
-    import torch.nn.functional as F
-
+    from vlsam_ros.core.segmenter.factored_decoder import per_prompt_upscaling_tail
     from vlsam_ros.core.segmenter.sam_adapter import CPU_DECODER_CHUNK
 
-    _, norm, act1, conv2, act2 = model.mask_decoder.output_upscaling
-    mid, out = conv2.weight.shape[:2]
-    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(mid, 4 * out)
+    upscaling = model.mask_decoder.output_upscaling
+    mid, out = upscaling[3].weight.shape[:2]
     generator = torch.Generator().manual_seed(0)
-    cells = 64 * 64
+    grid = (64, 64)
     for start in range(0, objects, CPU_DECODER_CHUNK):
         k = min(CPU_DECODER_CHUNK, objects - start)
-        x = torch.randn(k * cells * 4, mid, generator=generator)
-        x = act1(F.layer_norm(x, (mid,), norm.weight, norm.bias, norm.eps))
-        x = act2(torch.addmm(conv2.bias.repeat(4), x, w2))
-        torch.matmul(x.view(k, -1, out), torch.ones(k, out, 1))
+        first = torch.randn(k, grid[0] * grid[1], 4, mid, generator=generator)
+        per_prompt_upscaling_tail(upscaling, first, torch.ones(k, out), grid)
 
 
 def bench_decoder(model_dir: Path, objects: int, repeats: int, device: str,

@@ -227,6 +227,29 @@ def _two_way_transformer(transformer: nn.Module, tokens: torch.Tensor,
     return queries, keys
 
 
+def per_prompt_upscaling_tail(upscaling: nn.Sequential, first_stage: torch.Tensor,
+                              hyper: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """The upscaling after its first transposed convolution: LayerNorm2d, GELU, the second
+    ConvTranspose2d(kernel=stride=2) as a per-pixel matrix product, GELU, and the dot
+    product with the chosen mask token's hypernetwork output.
+
+    Every step is nonlinear in each prompt's own data, so no batching can share it (the
+    bench times it as a bound). first_stage: (K, N, 4, mid) first-convolution output in the
+    space-to-depth layout of :func:`_upscale_masks`; hyper: (K, C_up). Returns logits
+    (K, 4h, 4w) on the (h, w) grid's 4x upsampled pixels.
+    """
+    _, norm, act1, conv2, act2 = upscaling
+    k_count, cells, _, mid = first_stage.shape
+    out = conv2.weight.shape[1]                                          # 32
+    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(mid, 4 * out)          # (mid, (a2 c2 o))
+    x = act1(F.layer_norm(first_stage, (mid,), norm.weight, norm.bias, norm.eps))
+    x = act2(_linear_rows(x, w2, conv2.bias.repeat(4)))                 # (K, N, 4, 4 * out)
+    logits = torch.matmul(x.view(k_count, cells * 16, out), hyper[:, :, None])
+    h, w = grid
+    logits = logits.view(k_count, h, w, 2, 2, 2, 2)                     # (k, i, j, a, c, a2, c2)
+    return logits.permute(0, 1, 3, 5, 2, 4, 6).reshape(k_count, 4 * h, 4 * w)
+
+
 def _upscale_masks(upscaling: nn.Sequential, image_state: torch.Tensor,
                    hyper: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """``hyper @ output_upscaling(image_state)`` for one mask per prompt.
@@ -237,19 +260,12 @@ def _upscale_masks(upscaling: nn.Sequential, image_state: torch.Tensor,
     space-to-depth layout (pixel (4i + 2a + a2, 4j + 2c + c2) comes from cell (i, j),
     first-stage offset (a, c), second-stage offset (a2, c2)).
     """
-    conv1, norm, act1, conv2, act2 = upscaling
+    conv1 = upscaling[0]
     k_count, cells, channels = image_state.shape
     mid = conv1.weight.shape[1]                                          # 64
-    out = conv2.weight.shape[1]                                          # 32
     w1 = conv1.weight.permute(0, 2, 3, 1).reshape(channels, 4 * mid)     # (C, (a c o))
-    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(mid, 4 * out)          # (mid, (a2 c2 o))
-    x = _linear_rows(image_state, w1, conv1.bias.repeat(4)).view(k_count, cells, 4, mid)
-    x = act1(F.layer_norm(x, (mid,), norm.weight, norm.bias, norm.eps))
-    x = act2(_linear_rows(x, w2, conv2.bias.repeat(4)))                 # (K, N, 4, 4 * out)
-    logits = torch.matmul(x.view(k_count, cells * 16, out), hyper[:, :, None])
-    h, w = grid
-    logits = logits.view(k_count, h, w, 2, 2, 2, 2)                     # (k, i, j, a, c, a2, c2)
-    return logits.permute(0, 1, 3, 5, 2, 4, 6).reshape(k_count, 4 * h, 4 * w)
+    first = _linear_rows(image_state, w1, conv1.bias.repeat(4)).view(k_count, cells, 4, mid)
+    return per_prompt_upscaling_tail(upscaling, first, hyper, grid)
 
 
 def decode_best_masks(model: nn.Module, features: torch.Tensor, sparse: torch.Tensor,
