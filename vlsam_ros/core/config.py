@@ -207,6 +207,12 @@ class AttentionConfig(_Section):
                           choices=("fast", "reference"))
     query_block: int = _field(128, "Query rows processed at once when recomputing attention "
                               "probabilities (memory/speed trade-off).", range=(1, 65536))
+    reference_max_gib: float = _field(4.0, "Largest attention the 'reference' capture may "
+                                      "hold, in GiB: batch x layers x heads x T^2 float32 "
+                                      "probabilities plus one row's full flow (T = prompt + "
+                                      "generated tokens). Bigger requests are refused before "
+                                      "generating (LLaVA-NeXT-7B at T=2030 needs about 34 GB "
+                                      "per prompt).", range=(1e-6, 4096.0))
 
 
 @dataclasses.dataclass(frozen=True)

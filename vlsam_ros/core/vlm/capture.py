@@ -36,6 +36,35 @@ _RECORDER_ATTR = "_vlsam_recorder"
 
 
 @dataclass
+class RowCapture:
+    """What the attention method needs of ONE batch row, cut out of the batched capture.
+
+    ``queries[l]``: (H, T, d) every query row of layer l in sequence order (padded positions
+    included; T = padded prompt length + decoding steps).
+    ``keys[l]``: (KV, T, d) keys of layer l.
+    ``probs[l]``: list of (H, q_t, k_t) float32 probabilities per forward call (reference
+    mode only; empty in fast mode).
+    ``scaling[l]``: the softmax scale layer l used.
+    Every tensor is this row's own storage (no view into the batch), so dropping the object
+    frees the row's capture.
+    """
+
+    queries: list[torch.Tensor]
+    keys: list[torch.Tensor]
+    probs: list[list[torch.Tensor]]
+    scaling: list[float]
+
+    def nbytes(self) -> int:
+        return (sum(_nbytes(t) for t in self.queries) + sum(_nbytes(t) for t in self.keys)
+                + sum(_nbytes(t) for chunks in self.probs for t in chunks))
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    """Bytes of the storage ``t`` keeps alive (a view counts its whole base tensor)."""
+    return t.untyped_storage().nbytes()
+
+
+@dataclass
 class AttentionRecorder:
     """What one ``generate`` call left behind, per language-model layer.
 
@@ -43,6 +72,11 @@ class AttentionRecorder:
     ``keys[l]``: the last (B, KV, k, d) key tensor seen (all positions so far).
     ``probs[l]``: list of (B, H, q_t, k_t) float32 probabilities (reference mode only).
     ``scaling[l]``: the softmax scale the layer used.
+
+    Memory accounting: ``held_bytes`` is what the recorder (and, after ``split_rows``, the
+    rows it handed out and not yet released) references right now; ``peak_bytes`` its
+    maximum over the recorder's life. Keys are counted although they are the KV cache's
+    own tensors, because the recorder keeps them alive after ``generate``.
     """
 
     mode: str  # 'fast' | 'reference'
@@ -51,6 +85,8 @@ class AttentionRecorder:
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     probs: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     scaling: dict[int, float] = field(default_factory=dict)
+    held_bytes: int = 0
+    peak_bytes: int = 0
 
     def num_layers(self) -> int:
         return len(self.scaling)
@@ -58,6 +94,63 @@ class AttentionRecorder:
     def layer_queries(self, layer: int) -> torch.Tensor:
         """(B, H, T, d): every recorded query row of ``layer`` in sequence order."""
         return torch.cat(self.queries[layer], dim=2)
+
+    def _account(self, delta: int) -> None:
+        self.held_bytes += delta
+        self.peak_bytes = max(self.peak_bytes, self.held_bytes)
+
+    def record_query(self, layer: int, query: torch.Tensor) -> None:
+        self.queries.setdefault(layer, []).append(query)
+        self._account(_nbytes(query))
+
+    def record_key(self, layer: int, key: torch.Tensor) -> None:
+        old = self.keys.get(layer)
+        self.keys[layer] = key
+        # The new key tensor exists before the cache drops the old one: count both first.
+        self._account(_nbytes(key))
+        if old is not None:
+            self._account(-_nbytes(old))
+
+    def record_probs(self, layer: int, probs: torch.Tensor) -> None:
+        self.probs.setdefault(layer, []).append(probs)
+        self._account(_nbytes(probs))
+
+    def split_rows(self, batch: int) -> list[RowCapture]:
+        """Cuts the batched capture into one ``RowCapture`` per batch row and drops the
+        batched tensors, layer by layer, so the whole capture is copied once in total (never
+        once per row) and the peak stays at about one batch plus one layer. The recorder is
+        empty afterwards; call ``release(row)`` when a row's maps are made."""
+        layers = sorted(self.scaling)
+        rows = [RowCapture([], [], [], [self.scaling[l] for l in layers]) for _ in range(batch)]
+        for l in layers:
+            chunks = self.queries.pop(l, [])
+            key = self.keys.pop(l, None)
+            prob_chunks = self.probs.pop(l, [])
+            for b, row in enumerate(rows):
+                if chunks:
+                    q = torch.cat([c[b] for c in chunks], dim=1)     # (H, T, d), a copy
+                    row.queries.append(q)
+                    self._account(_nbytes(q))
+                if key is not None:
+                    k = key[b].clone()                               # (KV, T, d)
+                    row.keys.append(k)
+                    self._account(_nbytes(k))
+                if prob_chunks:
+                    p = [c[b].clone() for c in prob_chunks]          # (H, q_t, k_t) each
+                    row.probs.append(p)
+                    self._account(sum(_nbytes(t) for t in p))
+            self._account(-sum(_nbytes(c) for c in chunks)
+                          - (_nbytes(key) if key is not None else 0)
+                          - sum(_nbytes(c) for c in prob_chunks))
+            del chunks, key, prob_chunks
+        return rows
+
+    def release(self, row: RowCapture) -> None:
+        """Accounts for a row whose tensors the caller is about to drop."""
+        self._account(-row.nbytes())
+        row.queries.clear()
+        row.keys.clear()
+        row.probs.clear()
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -83,8 +176,8 @@ def capture_attention_forward(module, query, key, value, attention_mask, scaling
     rec, query, key = _prepare(module, query, key)
     if rec is not None:
         layer = module.layer_idx
-        rec.queries.setdefault(layer, []).append(query.detach())
-        rec.keys[layer] = key.detach()
+        rec.record_query(layer, query.detach())
+        rec.record_key(layer, key.detach())
         rec.scaling[layer] = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                   dropout=dropout, **kwargs)
@@ -106,7 +199,7 @@ def reference_attention_forward(module, query, key, value, attention_mask, scali
     out = torch.matmul(probs.to(v.dtype), v).transpose(1, 2).contiguous()
     if rec is not None:
         layer = module.layer_idx
-        rec.probs.setdefault(layer, []).append(probs.detach())
+        rec.record_probs(layer, probs.detach())
         rec.scaling[layer] = scale
     return out, probs
 

@@ -32,7 +32,7 @@ from vlsam_ros.core.errors import (AttentionUnavailableError, InvalidImageError,
                                    ModelNotFoundError)
 from vlsam_ros.core.results import ObjectName, VlmAnswer
 from vlsam_ros.core.vlm import layouts
-from vlsam_ros.core.vlm.capture import AttentionRecorder, QKHook, capturing
+from vlsam_ros.core.vlm.capture import QKHook, RowCapture, attention_modules, capturing
 from vlsam_ros.core.vlm.object_names import parse_object_names, token_char_spans
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -83,6 +83,8 @@ class HuggingFaceVlm:
         self.tokenizer.padding_side = "left"
         self.device = torch.device(device)
         self.qk_hook: QKHook | None = None
+        # Peak bytes the attention capture held during the latest describe().
+        self.last_capture_peak_bytes = 0
 
     # --- family hooks ----------------------------------------------------------------
 
@@ -119,22 +121,30 @@ class HuggingFaceVlm:
         images = [check_image(im, i) for i, im in enumerate(images)]
         prompts = [self._prompt(q, with_image=True) for q in questions]
         inputs = self._inputs(prompts, images)
+        if attn_cfg.capture == "reference":
+            self._check_reference_size(inputs, vlm_cfg, attn_cfg)
         with capturing(self.language_model(), attn_cfg.capture, self.qk_hook) as rec:
             sequences = self._generate(inputs, vlm_cfg)
         samples = self._samples(inputs, sequences, vlm_cfg)
+        # The batched capture becomes one capture per row (copied once in total); each
+        # row's capture is released as soon as its maps are made, so capture memory peaks
+        # at about one batch and never grows with batch x batch.
+        rows = rec.split_rows(len(samples))
         answers = []
         for b, (image, question, sample) in enumerate(zip(images, questions, samples)):
             hw = (int(image.shape[0]), int(image.shape[1]))
             valid_ids = inputs["input_ids"][b, sample.pad:].tolist()
             layout = self.image_layout(valid_ids, hw, inputs, b)
             if sample.objects:
-                rows = self._object_rows(rec, b, sample, layout, attn_cfg)
+                flow = self._object_rows(rows[b], sample, layout, attn_cfg)
                 maps = torch.stack([attn.object_map(r, layout.grid_index, hw, layout.box_xyxy)
-                                    for r in rows]).numpy().astype(np.float32)
+                                    for r in flow]).numpy().astype(np.float32)
             else:
                 maps = np.zeros((0, hw[0], hw[1]), dtype=np.float32)
+            rec.release(rows[b])
             answers.append(VlmAnswer(question=question, text=sample.text, objects=sample.objects,
                                      attention_maps=maps, grid_shape=layout.grid_shape))
+        self.last_capture_peak_bytes = rec.peak_bytes
         return answers
 
     def generate_text(self, prompt: str, vlm_cfg: VlmConfig) -> str:
@@ -172,6 +182,29 @@ class HuggingFaceVlm:
                     v = v.to(dtype)
             out[k] = v
         return out
+
+    def _check_reference_size(self, inputs: dict, vlm_cfg: VlmConfig,
+                              attn_cfg: AttentionConfig) -> None:
+        """Refuses a 'reference' capture larger than ``attention.reference_max_gib``.
+
+        It holds float32 (H, q, k) probabilities of every layer for the whole batch, then
+        one row's (H, T, T) per layer again while that row's flow is formed:
+        (B + 1) x layers x H x T^2 x 4 bytes at most, T = padded prompt + max_new_tokens.
+        """
+        text_cfg = self.language_model().config
+        batch, prompt = (int(v) for v in inputs["input_ids"].shape)
+        t = prompt + vlm_cfg.max_new_tokens
+        layers = len(attention_modules(self.language_model()))
+        need = (batch + 1) * layers * int(text_cfg.num_attention_heads) * t * t * 4
+        limit = attn_cfg.reference_max_gib * 2**30
+        if need > limit:
+            raise AttentionUnavailableError(
+                f"attention.capture='reference' would hold about {need / 2**30:.1f} GiB of "
+                f"attention ({batch} prompts x {layers} layers x "
+                f"{text_cfg.num_attention_heads} heads x {t}^2 tokens x 4 bytes), over "
+                f"attention.reference_max_gib={attn_cfg.reference_max_gib:g}; use "
+                "attention.capture='fast' (same maps, memory linear in tokens) or raise the "
+                "limit")
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -219,11 +252,11 @@ class HuggingFaceVlm:
                                    objects=tuple(objects), rows=rows))
         return samples
 
-    def _object_rows(self, rec: AttentionRecorder, b: int, sample: _Sample,
-                     layout: layouts.ImageLayout, cfg: AttentionConfig) -> torch.Tensor:
-        """(M, N) object rows of the flow for batch row ``b`` (fast or reference)."""
+    def _object_rows(self, row: RowCapture, sample: _Sample, layout: layouts.ImageLayout,
+                     cfg: AttentionConfig) -> torch.Tensor:
+        """(M, N) object rows of the flow for one batch row's capture (fast or reference)."""
         n, s0 = sample.seq_len, sample.pad
-        if rec.num_layers() == 0:
+        if not row.scaling:
             raise AttentionUnavailableError("no attention was captured during generate")
         key_mask = torch.zeros(n, dtype=torch.bool)
         key_mask[layout.image_positions[layout.image_positions < n]] = True
@@ -231,31 +264,29 @@ class HuggingFaceVlm:
                       meanmax_image_keys_only=cfg.meanmax_image_keys_only,
                       regularize=cfg.regularize, row_normalize=cfg.row_normalize,
                       use_flow=cfg.use_flow)
-        layers = range(rec.num_layers())
         if cfg.capture == "reference":
-            probs = [self._full_probs(rec.probs[l], b, s0, n) for l in layers]
+            probs = [self._full_probs(chunks, s0, n) for chunks in row.probs]
             return attn.reference_object_rows(probs, list(sample.rows), image_key_mask=key_mask,
                                               **common)
-        queries = [rec.layer_queries(l)[b, :, s0:s0 + n] for l in layers]
-        keys = [rec.keys[l][b, :, s0:s0 + n] for l in layers]
+        queries = [q[:, s0:s0 + n] for q in row.queries]
+        keys = [k[:, s0:s0 + n] for k in row.keys]
         selector = attn.row_selector(list(sample.rows), n, dtype=torch.float64,
                                      device=queries[0].device)
-        return attn.object_flow_rows(queries, keys, selector,
-                                     [rec.scaling[l] for l in layers],
+        return attn.object_flow_rows(queries, keys, selector, row.scaling,
                                      image_key_mask=key_mask.to(queries[0].device),
                                      query_block=cfg.query_block, **common).cpu()
 
     @staticmethod
-    def _full_probs(chunks: list[torch.Tensor], b: int, start: int, n: int) -> torch.Tensor:
-        """(H, n, n) probabilities of batch row b over positions [start, start + n), stitched
-        from the prefill block and the per-step rows."""
-        total = sum(c.shape[2] for c in chunks)
-        h = chunks[0].shape[1]
+    def _full_probs(chunks: list[torch.Tensor], start: int, n: int) -> torch.Tensor:
+        """(H, n, n) probabilities of one row over positions [start, start + n), stitched
+        from its prefill block and per-step rows (each (H, q_t, k_t))."""
+        total = sum(c.shape[1] for c in chunks)
+        h = chunks[0].shape[0]
         full = torch.zeros((h, total, total), dtype=torch.float32)
         row = 0
         for c in chunks:
-            q, k = c.shape[2], c.shape[3]
-            full[:, row:row + q, :k] = c[b].float().cpu()
+            q, k = c.shape[1], c.shape[2]
+            full[:, row:row + q, :k] = c.float().cpu()
             row += q
         return full[:, start:start + n, start:start + n]
 
