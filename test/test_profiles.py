@@ -10,6 +10,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vlsam_ros.core.config import (ConfigError, VlsamConfig, available_profiles,
@@ -354,3 +355,62 @@ def test_ros_applies_the_later_parameter_file_over_the_earlier(tmp_path):
         node.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+# ---------------------------------------------------------------- end to end, tiny models
+
+def _tiny_profile_config(profile: str, model_dir: Path, family: str):
+    from vlsam_ros.tools.make_tiny_models import tiny_model_overrides
+
+    tiny = tiny_model_overrides(model_dir, family=family, sam_type="vit_t")
+    return load_config(DEFAULT_PARAMS, tiny, profile=profile)
+
+
+def _run_one_frame(cfg):
+    from vlsam_ros.core.pipeline import build_pipeline
+
+    pipe = build_pipeline(cfg)
+    batches = []
+    describe = pipe.vlm.describe
+
+    def counting_describe(images, questions, *args):
+        batches.append(len(images))
+        return describe(images, questions, *args)
+
+    pipe.vlm.describe = counting_describe
+    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    return pipe, pipe.run(image), batches
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_paper_profile_runs_end_to_end_with_tiny_models(tiny_model_dir):
+    """One frame of the full paper recipe (5 views x 10 questions in one VLM batch,
+    sampling, 2 refinement rounds, one NMS) through the production loaders; only the
+    models are tiny (LLaVA architecture, MobileSAM instead of ViT-H: a random ViT-H is
+    2.5 GB) and vlm.max_new_tokens is 16."""
+    cfg = _tiny_profile_config("paper", tiny_model_dir, "llava")
+    assert (cfg.ensemble.tiles, cfg.ensemble.num_questions, cfg.vlm.do_sample) == (True, 10,
+                                                                                    True)
+    pipe, result, batches = _run_one_frame(cfg)
+    assert len(pipe.questions()) == 10
+    assert batches == [50]                               # 5 views x 10 questions, one batch
+    stages = pipe.last_stage_ms
+    assert 0 < stages["decoder_calls"] <= 5 * (cfg.prompts.refinement_rounds + 1)
+    assert result.description
+    for det in result.detections:
+        assert det.mask.shape == (96, 128) and det.mask.any()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_cpu_profile_runs_end_to_end_with_tiny_models(tiny_model_dir, tmp_path):
+    """The newcomer's profile: SmolVLM's architecture (idefics3) + MobileSAM on the CPU."""
+    from vlsam_ros.tools.make_tiny_models import make_tiny_models
+
+    make_tiny_models(tmp_path, families=("idefics3",), sam_types=())
+    (tmp_path / "sam_vit_t.pt").symlink_to(tiny_model_dir / "sam_vit_t.pt")
+    cfg = _tiny_profile_config("cpu", tmp_path, "idefics3")
+    assert cfg.device == "cpu" and cfg.vlm.family == "idefics3"
+    pipe, result, batches = _run_one_frame(cfg)
+    assert batches == [1]
+    assert pipe.last_stage_ms["decoder_calls"] >= 1
+    assert result.description
