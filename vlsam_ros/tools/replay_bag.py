@@ -35,7 +35,8 @@ input check) rejects is a logged skip by default (``--on-bad-frame skip``), reco
 
 Usage::
 
-    vlsam-replay-bag IN_BAG OUT_BAG [--config config/vlsam.yaml] [--set key=value ...]
+    vlsam-replay-bag IN_BAG OUT_BAG [--config config/vlsam.yaml] [--profile NAME|FILE]
+        [--set key=value ...]
         [--topics /cam_front/image_raw ...] [--overlay] [--storage mcap|sqlite3]
         [--node-name vlsam] [--timing zero|measured] [--on-bad-frame skip|error]
         [--stats stats.json] [--no-progress]
@@ -323,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("in_bag", help="input rosbag2 folder (or .mcap/.db3 file)")
     parser.add_argument("out_bag", help="output bag folder (must not exist)")
     parser.add_argument("--config", help="ROS parameter YAML (e.g. config/vlsam.yaml)")
+    parser.add_argument("--profile", metavar="NAME|FILE",
+                        help="profile overlay after --config, before --set: a name from "
+                             "config/profiles (paper, edge, cpu) or a YAML path")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config value, e.g. --set device=cpu (repeatable)")
     parser.add_argument("--topics", nargs="+", help="camera topics (default: cameras from "
@@ -341,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = load_config(args.config, parse_set_flags(args.set))
+        cfg = load_config(args.config, parse_set_flags(args.set), profile=args.profile)
         options = ReplayOptions(tuple(args.topics) if args.topics else None, args.node_name,
                                 args.overlay, args.storage, args.timing, args.on_bad_frame,
                                 not args.no_progress)

@@ -1,13 +1,16 @@
 """Runs the vlsam node from a ROS 2 parameter file, without ``ros2 launch``.
 
-    vlsam-node-runner --params-file config/vlsam.yaml [--set key=value ...]
+    vlsam-node-runner --params-file config/vlsam.yaml [--profile NAME|FILE]
+        [--set key=value ...]
 
-Reads the same YAML the launch file passes (``<node>: ros__parameters: ...``), applies the
-``--set`` overrides (dotted schema keys, e.g. ``--set prompts.threshold=0.4``), validates
-everything against the config schema before starting, then configures and activates the node
-itself and serves until SIGINT/SIGTERM, when it deactivates, frees the models and exits 0.
-Exits 1 when the node cannot be configured or activated (e.g. missing weights: the log says
-which file is missing), 2 on an invalid configuration.
+Reads the same YAML the launch file passes (``<node>: ros__parameters: ...``), then the
+profile overlay (``--profile paper``: ``config/profiles/paper.yaml``; the launch file's
+``profile:=``), then the ``--set`` overrides (dotted schema keys, e.g.
+``--set prompts.threshold=0.4``), validates everything against the config schema before
+starting, then configures and activates the node itself and serves until SIGINT/SIGTERM,
+when it deactivates, frees the models and exits 0. Exits 1 when the node cannot be
+configured or activated (e.g. missing weights: the log says which file is missing), 2 on an
+invalid configuration (including an unknown profile).
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsam_ros.core.config import (ConfigError, from_flat, parameters_from_yaml,
-                                   parse_set_flags)
+from vlsam_ros.core.config import ConfigError, from_flat, layered_parameters, parse_set_flags
 
 DEFAULT_NODE_NAME = "vlsam"
 
@@ -39,6 +41,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--params-file", type=Path, default=None,
                         help="ROS 2 parameter YAML (as for ros2 launch); schema defaults if "
                              "omitted")
+    parser.add_argument("--profile", default=None, metavar="NAME|FILE",
+                        help="profile overlay applied after --params-file and before --set: "
+                             "a name from config/profiles (paper, edge, cpu) or a YAML path")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override one parameter (repeatable), e.g. "
                         "--set device=cpu --set cameras=[/cam/image_raw]")
@@ -52,9 +57,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        flat = (parameters_from_yaml(args.params_file, args.node_name)
-                if args.params_file is not None else {})
-        flat.update(parse_set_flags(args.overrides))
+        flat = layered_parameters(args.params_file, args.profile,
+                                  parse_set_flags(args.overrides), args.node_name)
         schema_values, ros_values = split_ros_parameters(flat)
         cfg = from_flat(schema_values)
     except ConfigError as exc:
@@ -74,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     node = VlsamNode(args.node_name,
                      parameter_overrides=parameter_overrides(cfg, extra=ros_values))
     node.get_logger().info(f"pid {os.getpid()}: starting with "
-                           f"{args.params_file or 'schema defaults'}; overrides: "
+                           f"{args.params_file or 'schema defaults'}; profile: "
+                           f"{args.profile or 'none'}; overrides: "
                            f"{args.overrides or 'none'}")
     return spin_until_shutdown(node, activate=True)
 
