@@ -369,12 +369,14 @@ class Tracker:
         return tuple(out)
 
 
-def tracked_result(detections: Sequence[Detection], discovery: FrameResult | None,
-                   follow_ms: float, total_ms: float) -> FrameResult:
-    """The FrameResult of a followed frame. With ``discovery`` (this frame ran it) the
-    description and VLM time are its own and its segmenter time adds to the follow time;
-    otherwise the description is empty and vlm_ms 0."""
-    if discovery is None:
-        return FrameResult(tuple(detections), "", 0.0, follow_ms, total_ms, discovery=False)
-    return FrameResult(tuple(detections), discovery.description, discovery.vlm_ms,
-                       follow_ms + discovery.segment_ms, total_ms, discovery=True)
+def tracked_result(detections: Sequence[Detection], ran_discovery: bool,
+                   applied: Sequence[FrameResult], follow_ms: float,
+                   total_ms: float) -> FrameResult:
+    """The FrameResult of a followed frame (msg/DetectionArray.msg): ``discovery`` says
+    whether this frame's image went to discovery; the description (newline-joined), VLM
+    time and segmenter time come from the discovery answers ``applied`` on this frame, the
+    segmenter time adding to the follow time."""
+    return FrameResult(tuple(detections), "\n".join(a.description for a in applied),
+                       sum(a.vlm_ms for a in applied),
+                       follow_ms + sum(a.segment_ms for a in applied), total_ms,
+                       discovery=ran_discovery)

@@ -61,5 +61,5 @@ class TwoRateSequence:
                                  for p in due]
         self.index += 1
         total = (time.perf_counter() - start) * 1e3
-        return tracked_result(self.tracker.detections(), ran, self.last_follow.follow_ms,
-                              total)
+        return tracked_result(self.tracker.detections(), ran is not None,
+                              [p.result for p in due], self.last_follow.follow_ms, total)
