@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from vlsam_ros.core.config import VlsamConfig
+from vlsam_ros.core.pipeline import check_image
 from vlsam_ros.core.results import FrameResult
 from vlsam_ros.core.tracking.tracker import DiscoveryReport, FollowReport, Tracker, tracked_result
+from vlsam_ros.core.tracking.tracks import TrackIdSource
 
 Discover = Callable[[np.ndarray], FrameResult]
 """``discover(image) -> FrameResult``: the VL-SAM pipeline's ``run``."""
@@ -63,3 +66,42 @@ class TwoRateSequence:
         total = (time.perf_counter() - start) * 1e3
         return tracked_result(self.tracker.detections(), ran is not None,
                               [p.result for p in due], self.last_follow.follow_ms, total)
+
+
+class OfflineTracking:
+    """Two-rate tracking of several cameras for offline replay: one TwoRateSequence per
+    camera key (discovery every ``tracking.replay_discovery_every`` frames of that camera,
+    answers applied on the same frame), one id source for all of them."""
+
+    def __init__(self, cfg: VlsamConfig, discover: Discover,
+                 make_follower: Callable[[], Any]) -> None:
+        self.cfg = cfg
+        self.discover = discover
+        self.make_follower = make_follower
+        self.ids = TrackIdSource()
+        self.sequences: dict[str, TwoRateSequence] = {}
+
+    @classmethod
+    def for_pipeline(cls, pipeline: Any, cfg: VlsamConfig) -> "OfflineTracking":
+        """Discovery = ``pipeline.run``; followers per ``tracking.mode`` over the
+        pipeline's segmenter (flow) or one video tracker loaded here (memory)."""
+        from vlsam_ros.core.tracking.factory import build_follower
+
+        video_model = None
+        if cfg.tracking.mode == "memory":
+            from vlsam_ros.core.tracking.memory_follower import load_video_tracker
+
+            video_model = load_video_tracker(cfg)
+        return cls(cfg, pipeline.run,
+                   lambda: build_follower(cfg, pipeline.segmenter, video_model))
+
+    def step(self, camera: str, image: np.ndarray, stamp_ns: int) -> FrameResult:
+        """One frame of ``camera``; InvalidImageError for a malformed image."""
+        check_image(image)
+        sequence = self.sequences.get(camera)
+        if sequence is None:
+            tracker = Tracker(self.cfg.tracking, self.make_follower(), self.ids)
+            sequence = TwoRateSequence(tracker, self.discover,
+                                       self.cfg.tracking.replay_discovery_every)
+            self.sequences[camera] = sequence
+        return sequence.step(image, stamp_ns)
