@@ -100,3 +100,27 @@ def test_replay_with_tracking_and_the_real_tiny_models_is_byte_identical(tmp_pat
     msgs = [m for _, m in read_topic(outputs[0], OUT_TOPIC, DETECTION_ARRAY_TYPE)]
     assert [m.discovery for m in msgs] == [True, False, True]
     assert all(d.track_id >= 1 for m in msgs for d in m.detections)
+
+
+def test_replay_with_memory_tracking_loads_the_video_tracker(tmp_path):
+    """tracking.mode=memory through the replay tool's own loading path (a tiny SAM 2
+    video tracker with random weights, saved like a checkpoint): byte-identical bags."""
+    from vlsam_ros.synthetic.tiny_video_trackers import save_tiny_video_tracker
+
+    scene = default_moving_scene(4)
+    write_scene_bag(tmp_path / "in", scene.frames)
+    model_dir = save_tiny_video_tracker("sam2", tmp_path / "sam2_tiny")
+    cfg = from_flat({"device": "cpu", "cameras": [TOPIC], "tracking.mode": "memory",
+                     "tracking.memory_model": str(model_dir),
+                     "tracking.replay_discovery_every": 2})
+    outputs = []
+    for run in ("a", "b"):
+        pipeline = Pipeline(cfg, ScenePlantedVlm(scene), SceneOracleSegmenter(scene))
+        out = tmp_path / run / "replayed"
+        summary = rb.replay_bag(tmp_path / "in", out, pipeline, cfg, QUIET)
+        assert (summary.frames, summary.skipped) == (4, 0)
+        outputs.append(out)
+    assert_same_bytes(*outputs)
+    msgs = [m for _, m in read_topic(outputs[0], OUT_TOPIC, DETECTION_ARRAY_TYPE)]
+    assert [m.discovery for m in msgs] == [True, False, True, False]
+    assert msgs[0].detections and all(d.track_id >= 1 for d in msgs[0].detections)
