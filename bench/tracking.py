@@ -316,7 +316,8 @@ def bench_memory(repeats: int) -> dict:
 
     mine, theirs = _median_ms(ours_step, repeats), _median_ms(reference_step, repeats)
     return {"memory_follow": {"tracks": 8, "model": "tiny SAM 2 video tracker, 256 px input",
-                              "batched_ms": round(mine, 1), "per_object_forward_ms": round(theirs, 1),
+                              "batched_ms": round(mine, 1),
+                              "per_object_forward_ms": round(theirs, 1),
                               "speedup": round(theirs / mine, 3),
                               "note": "the reference keeps every frame (unbounded session)"}}
 

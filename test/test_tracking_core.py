@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from vlsam_ros.core.config import TrackingConfig, VlsamConfig, from_flat
+from vlsam_ros.core.config import TrackingConfig, from_flat
 from vlsam_ros.core.pipeline import Pipeline
 from vlsam_ros.core.results import Detection, FrameResult
 from vlsam_ros.core.masks import box_from_mask, mask_iou
@@ -53,7 +53,8 @@ def test_lucas_kanade_recovers_a_translation():
     mask = np.zeros(grey.shape, bool)
     mask[30:90, 40:120] = True
     points = sample_points(mask, grey, 24)
-    assert 12 <= len(points) <= 24 and mask[points[:, 1].astype(int), points[:, 0].astype(int)].all()
+    assert 12 <= len(points) <= 24
+    assert mask[points[:, 1].astype(int), points[:, 0].astype(int)].all()
     after, ok = track_points(grey, moved, points, SETTINGS)
     assert ok.mean() > 0.8
     affine = estimate_motion(points[ok], after[ok])
@@ -216,7 +217,8 @@ def test_a_late_answer_starts_tracks_on_the_newest_frame_and_later_ones_confirm(
     gt_of = {t.track_id: [i for i, n in scene.names().items() if n == t.label][0]
              for t in tracker.tracks}
     for track in tracker.tracks:                   # carried over the 5 frames of delay
-        assert track.label_stamp_ns == scene.frames[0].stamp_ns and track.stamp_ns == newest.stamp_ns
+        assert track.label_stamp_ns == scene.frames[0].stamp_ns
+        assert track.stamp_ns == newest.stamp_ns
         if track.label != "truck":                 # (the truck was cut by the image edge)
             assert mask_iou(track.mask[None], newest.mask(gt_of[track.track_id])[None])[0, 0] > 0.85
     for f in scene.frames[6:9]:
@@ -349,7 +351,6 @@ def test_the_moving_scene_has_what_the_tracker_must_handle(scene):
     for counts in (dog, ball):                                     # enter and leave
         seen = np.flatnonzero(counts > 0)
         assert seen[0] > 0 and seen[-1] < len(scene.frames) - 1
-    from vlsam_ros.synthetic.moving_scene import CameraMotion  # noqa: F401
     first, later = scene.frames[0].image, scene.frames[5].image
     assert not np.array_equal(first[:20, :20], later[:20, :20])   # the background moves
 

@@ -110,3 +110,21 @@ def test_node_follows_at_camera_rate_with_persistent_ids_and_flagged_discoveries
     assert len(truck_ids) == 1
     print(f"tracking node: {len(msgs)} of {len(sent)} frames published, "
           f"{len(flagged)} discovered, slot counts {counts}")
+
+
+def test_memory_mode_without_its_video_tracker_leaves_the_node_inactive(tmp_path):
+    scene = default_moving_scene(2)
+    cfg = from_flat({"device": "cpu", "cameras": [CAMERA], "tracking.mode": "memory",
+                     "tracking.memory_model": str(tmp_path / "missing")})
+
+    def factory(config):
+        return Pipeline(config, ScenePlantedVlm(scene), SceneOracleSegmenter(scene))
+
+    with ros_session() as session:
+        node = session.add(VlsamNode("vlsam", context=session.context,
+                                     parameter_overrides=parameter_overrides(cfg),
+                                     pipeline_factory=factory))
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.FAILURE
+        assert "tracking.memory_model" in node.problem and node.tracking is None
+        assert node.pipeline is None and node.worker_thread is None

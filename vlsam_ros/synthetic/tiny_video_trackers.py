@@ -33,7 +33,8 @@ def tiny_video_tracker_config(family: str) -> Any:
 
     if family == "sam2":
         size = 256
-        return Sam2VideoConfig(vision_config=_hiera(size), prompt_encoder_config={"image_size": size},
+        return Sam2VideoConfig(vision_config=_hiera(size),
+                               prompt_encoder_config={"image_size": size},
                                image_size=size, memory_attention_rope_feat_sizes=[size // 16] * 2,
                                memory_attention_num_layers=1,
                                memory_attention_feed_forward_hidden_size=256)

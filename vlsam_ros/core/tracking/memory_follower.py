@@ -8,8 +8,9 @@ Per follow step, with the model's own inference session of the camera:
    (``_prepare_vision_features``, cached for the step);
 2. tracks that are new (started, revived or re-anchored) enter as mask prompts: their
    mask, moved from the previous frame by Lucas-Kanade flow (``motion.carry_mask``),
-   becomes a conditioning frame (a re-anchored track keeps its memory) (``_use_mask_as_output``; one call per new track, as the
-   model's code takes one object there; only on frames where discovery added tracks);
+   becomes a conditioning frame (``_use_mask_as_output``; one call per new track, as the
+   model's code takes one object there; only on frames where discovery added tracks); a
+   re-anchored track keeps its memory;
 3. every other track's image features are conditioned on its own memory bank (memory
    attention over its recent frames and object pointers, ``_prepare_memory_conditioned_
    features``, one call per track: the banks differ), then ONE batched mask-decoder call
