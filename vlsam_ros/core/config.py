@@ -28,6 +28,8 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from vlsam_ros.core.topic_names import topic_name_problem
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
@@ -97,7 +99,13 @@ def _coerce(name: str, value: Any, expected: Any) -> Any:
         return value
     if typing.get_origin(expected) is tuple:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [value]
+            try:
+                value = yaml.safe_load(value) if value.strip().startswith("[") else [value]
+            except yaml.YAMLError as exc:
+                problem = str(getattr(exc, "problem", "") or exc).splitlines()[0]
+                raise ConfigError(f"{name}={value!r}: not a valid list ({problem}); write "
+                                  "it as [a, b] (quote the whole --set argument in a shell)"
+                                  ) from None
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name}={value!r}: expected a list of strings")
         return tuple(value)
@@ -333,6 +341,12 @@ class NodeConfig(_Section):
     vision_msgs: str = _field("auto", "Publish ~/detections_2d (vision_msgs/Detection2DArray): "
                               "'auto' when vision_msgs is importable, 'on' requires it (error if "
                               "missing), 'off' never.", choices=("auto", "on", "off"))
+    stop_timeout_s: float = _field(1.0, "On deactivate/shutdown, how long the frame in "
+                                   "progress gets to reach its next safe point (between "
+                                   "generated tokens, encoder blocks or decoder calls) and "
+                                   "stop; at shutdown a frame still running after that is "
+                                   "abandoned so the process exits in time.",
+                                   range=(0.0, 3600.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,6 +368,10 @@ class VlsamConfig(_Section):
     def _check(self) -> None:
         if not self.cameras:
             raise ConfigError("cameras: at least one image topic is required")
+        for topic in self.cameras:
+            problem = topic_name_problem(topic)
+            if problem is not None:
+                raise ConfigError(f"cameras: {topic!r} is not a valid ROS topic name: {problem}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
 

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from vlsam_ros.node import VlsamNode
     from vlsam_ros.parameters import parameter_overrides
-    from vlsam_ros.spin import spin_until_shutdown
+    from vlsam_ros.spin import exit_process, spin_until_shutdown
 
     rclpy.init(args=None, signal_handler_options=SignalHandlerOptions.NO)
     node = VlsamNode(args.node_name,
@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     node.get_logger().info(f"pid {os.getpid()}: starting with "
                            f"{args.params_file or 'schema defaults'}; overrides: "
                            f"{args.overrides or 'none'}")
-    return spin_until_shutdown(node, activate=True)
+    exit_process(spin_until_shutdown(node, activate=True))
+    return 0  # not reached: exit_process ends the process
 
 
 if __name__ == "__main__":
