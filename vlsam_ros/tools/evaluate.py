@@ -25,7 +25,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -36,6 +35,8 @@ from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, FRAME_INDEX_KEY, BagError, \
     iter_messages, open_reader, read_custom_data, vlsam_typestore
 from vlsam_ros.core import evaluation, lvis_evaluation, text_encoders
 from vlsam_ros.core.coda_dataset import DatasetError, parse_frame_index
+from vlsam_ros.tools.cli import (EXIT_OK, ToolParser, check_input, check_output_parent,
+                                 run_tool, staged_output)
 
 LOG = logging.getLogger("vlsam_ros.evaluate")
 
@@ -70,6 +71,10 @@ def detections_from_bag(bag: str | Path, frame_index: dict[int, int],
             if not conns:
                 raise BagError(f"{bag}: no {DETECTION_ARRAY_TYPE} on {topic!r}; "
                                f"DetectionArray topics: {topics or 'none'}")
+        elif not topics:
+            others = sorted({c.topic for c in reader.connections})
+            raise BagError(f"{bag}: no DetectionArray topic ({DETECTION_ARRAY_TYPE}); is it "
+                           f"an output bag of vlsam-replay-bag? Its topics: {others or 'none'}")
         elif len(topics) != 1:
             raise BagError(f"{bag}: {len(topics)} DetectionArray topics {topics}; "
                            "choose one with --topic")
@@ -116,8 +121,6 @@ def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = 
     if (bag is None) == (detections_path is None):
         raise ValueError("give exactly one of a bag or a detections JSON")
     gt = evaluation.load_ground_truth(gt_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     source: dict[str, Any]
     if bag is not None:
         index = load_frame_index(frame_index_bag or bag)
@@ -138,14 +141,18 @@ def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = 
             gt, dets, make_text_encoder(text_encoder),
             iou_types=("bbox", "segm") if all("segmentation" in a for a in gt["annotations"])
             and all("segmentation" in d for d in dets) else ("bbox",))
-    (out / "detections.json").write_text(json.dumps(dets) + "\n")
-    evaluation.write_report(report, out / "report.json")
-    evaluation.plot_recall_vs_iou(report, out / "recall_vs_iou.png")
+    with staged_output(out_dir, merge=True) as out:  # complete outputs or none
+        out.mkdir()
+        (out / "detections.json").write_text(json.dumps(dets) + "\n")
+        evaluation.write_report(report, out / "report.json")
+        evaluation.plot_recall_vs_iou(report, out / "recall_vs_iou.png")
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog="vlsam-evaluate", description=__doc__.splitlines()[0],
+                        epilog="Exit status: 0 scored, 2 bad arguments or inputs (no output "
+                               "is written), 130 interrupted.")
     parser.add_argument("--gt", required=True, help="ground-truth COCO JSON (corner_case.json)")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--bag", help="output bag of vlsam-replay-bag")
@@ -153,31 +160,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--topic", help="DetectionArray topic when the bag has several")
     parser.add_argument("--frame-index", help="bag whose metadata holds the frame index "
                                               "(default: --bag itself)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="output folder (created; report.json, "
+                                                     "recall_vs_iou.png and detections.json "
+                                                     "in it are replaced)")
     parser.add_argument("--lvis", action="store_true",
                         help="also LVIS-style AP on rare categories (needs category "
                              "'frequency' and detection labels)")
     parser.add_argument("--text-encoder", default="hashing",
                         help="'hashing' (character n-grams, no model) or a local Hugging "
                              "Face text-model folder, e.g. all-MiniLM-L6-v2")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
+        check_output_parent(Path(args.out))
+        check_input(Path(args.gt), "--gt", folder=False)
+        for option, value in (("--bag", args.bag), ("--frame-index", args.frame_index)):
+            if value is not None:
+                check_input(Path(value), option)
+        if args.detections is not None:
+            check_input(Path(args.detections), "--detections", folder=False)
+        if args.lvis and args.text_encoder != "hashing":
+            check_input(Path(args.text_encoder), "--text-encoder", folder=True)
         report = evaluate(args.gt, args.out, args.bag, args.detections, args.topic,
                           args.frame_index, args.lvis, args.text_encoder)
-    except (evaluation.EvaluationInputError, DatasetError, BagError, FileNotFoundError) as exc:
-        print(f"vlsam-evaluate: error: {exc}", file=sys.stderr)
-        return 2
-    o = report["overall"]
+        o = report["overall"]
 
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.1f}"
+        def pct(v: float | None) -> str:
+            return "n/a" if v is None else f"{100 * v:.1f}"
 
-    print(f"mAR {pct(o['mAR'])}  AR50 {pct(o['AR50'])}  AR75 {pct(o['AR75'])}  "
-          f"AR1 {pct(o['AR1'])}  AR10 {pct(o['AR10'])}  ({o['num_gt']} objects, "
-          f"{o['num_images']} images, {o['num_detections']} detections)")
-    print(f"report: {Path(args.out) / 'report.json'}")
-    return 0
+        print(f"mAR {pct(o['mAR'])}  AR50 {pct(o['AR50'])}  AR75 {pct(o['AR75'])}  "
+              f"AR1 {pct(o['AR1'])}  AR10 {pct(o['AR10'])}  ({o['num_gt']} objects, "
+              f"{o['num_images']} images, {o['num_detections']} detections)")
+        print(f"report: {Path(args.out) / 'report.json'}")
+        return EXIT_OK
+
+    return run_tool("vlsam-evaluate", body,
+                    (evaluation.EvaluationInputError, DatasetError, BagError))
 
 
 if __name__ == "__main__":

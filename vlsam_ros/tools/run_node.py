@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsam_ros.core.config import (ConfigError, from_flat, parameters_from_yaml,
-                                   parse_set_flags)
+from vlsam_ros.core.config import ConfigError, from_flat, parameters_from_yaml, parse_set_flags
+from vlsam_ros.tools.cli import EXIT_OK, ToolError, ToolParser, check_input, run_tool
+from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text
 
 DEFAULT_NODE_NAME = "vlsam"
 
@@ -32,8 +32,8 @@ def split_ros_parameters(flat: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     return {k: v for k, v in flat.items() if k not in ros}, ros
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ToolParser:
+    parser = ToolParser(
         prog="vlsam-node-runner", description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--params-file", type=Path, default=None,
@@ -46,23 +46,49 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="node name; also selects the YAML entry (default: %(default)s)")
     parser.add_argument("--use-sim-time", action="store_true",
                         help="follow /clock (e.g. with `ros2 bag play --clock`)")
-    return parser.parse_args(argv)
+    add_config_options(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+    if args.list_keys:
+        print(list_keys_text())
+        return EXIT_OK
+
+    def load() -> int:
+        if args.params_file is not None:
+            check_input(args.params_file, "--params-file", folder=False)
         flat = (parameters_from_yaml(args.params_file, args.node_name)
                 if args.params_file is not None else {})
         flat.update(parse_set_flags(args.overrides))
         schema_values, ros_values = split_ros_parameters(flat)
-        cfg = from_flat(schema_values)
-    except ConfigError as exc:
-        print(f"vlsam-node-runner: invalid configuration: {exc}", file=sys.stderr)
-        return 2
+        try:
+            loaded.append((from_flat(schema_values), ros_values))
+        except ConfigError as exc:
+            raise ToolError(f"invalid configuration: {exc}") from None
+        return EXIT_OK
+
+    loaded: list[tuple[Any, dict[str, Any]]] = []
+    code = run_tool("vlsam-node-runner", load)
+    if code != EXIT_OK:
+        return code
+    cfg, ros_values = loaded[0]
+    if args.print_config:
+        print(config_text(cfg, args.node_name, "vlsam-node-runner"), end="")
+        return EXIT_OK
     if args.use_sim_time:
         ros_values["use_sim_time"] = True
+    return run_tool("vlsam-node-runner", lambda: _serve(args, cfg, ros_values))
 
+
+def _serve(args: argparse.Namespace, cfg: Any, ros_values: dict[str, Any]) -> int:
+    """Starts rclpy and the node, serves until SIGINT/SIGTERM, then ends the process with
+    0, or 1 when configure/activate failed (the log says why)."""
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
@@ -77,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            f"{args.params_file or 'schema defaults'}; overrides: "
                            f"{args.overrides or 'none'}")
     exit_process(spin_until_shutdown(node, activate=True))
-    return 0  # not reached: exit_process ends the process
+    return EXIT_OK  # not reached: exit_process ends the process
 
 
 if __name__ == "__main__":

@@ -8,12 +8,12 @@ flags never drift apart. No ROS import.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from vlsam_ros.core.config import (VlsamConfig, from_flat, parse_set_flags, schema, to_flat)
+from vlsam_ros.tools.cli import EXIT_OK, ToolParser, run_tool, write_text_atomically
 
 HEADER = """\
 # vlsam_ros parameters (ROS 2 parameter-file layout), generated from the config schema
@@ -59,17 +59,30 @@ def params_yaml(cfg: VlsamConfig, node_name: str = "vlsam") -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--node-name", default="vlsam")
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog="vlsam-write-params-yaml", description=__doc__.splitlines()[0],
+                        epilog="Exit status: 0 written, 2 invalid --set or unwritable output, "
+                               "130 interrupted.")
+    parser.add_argument("out", type=Path, help="parameter file to write (replaced atomically "
+                                               "if it exists), e.g. config/vlsam.yaml")
+    parser.add_argument("--node-name", default="vlsam",
+                        help="node name the parameters are for (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    cfg = from_flat(parse_set_flags(args.overrides))
-    args.out.write_text(params_yaml(cfg, args.node_name))
-    print(f"wrote {args.out}")
-    return 0
+                        metavar="KEY=VALUE", help="write this value instead of the schema "
+                        "default (repeatable), e.g. --set device=cpu")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        cfg = from_flat(parse_set_flags(args.overrides))
+        write_text_atomically(args.out, params_yaml(cfg, args.node_name))
+        print(f"wrote {args.out}")
+        return EXIT_OK
+
+    return run_tool("vlsam-write-params-yaml", body)
 
 
 if __name__ == "__main__":
