@@ -146,7 +146,7 @@ class VlmConfig(_Section):
                          choices=("llava", "llava_next", "qwen2_vl", "idefics3"))
     model: str = _field("llava-hf/llava-1.5-7b-hf",
                         "Local folder or Hugging Face hub id of the VLM weights. Hub ids "
-                        "must already be in the local cache: nothing is downloaded at run time.")
+                        "must already be in the local cache unless local_files_only is false.")
     dtype: str = _field("float16", "Torch dtype of the VLM weights.",
                         choices=("float32", "float16", "bfloat16"))
     max_new_tokens: int = _field(64, "Maximum number of generated tokens per question.",
@@ -165,8 +165,11 @@ class VlmConfig(_Section):
                                    range=(1, 16), runtime=True)
     max_objects: int = _field(16, "Most object names kept per answer (first ones win).",
                               range=(1, 256), runtime=True)
-    local_files_only: bool = _field(True, "Never reach the Hugging Face hub; load from disk "
-                                    "or the local cache only.")
+    local_files_only: bool = _field(True, "Never reach the Hugging Face hub (no network "
+                                    "access at all); load from disk or the local cache only.")
+    hub_timeout_s: float = _field(10.0, "With local_files_only false: how long the hub gets "
+                                  "to answer about a hub id that is not cached, and the "
+                                  "timeout of each download request.", range=(0.1, 600.0))
 
 
 @dataclasses.dataclass(frozen=True)
