@@ -27,7 +27,9 @@ Throughput is printed at the end either way (and written by ``--stats FILE``).
 
 **Bad input.** A bag that cannot be opened, or that breaks while being read (truncated),
 stops the replay with an error naming the bag and how far it got; the results written so
-far are kept in ``OUT_BAG.partial``. A topic that is not in the bag, or is not an image
+far are kept in ``OUT_BAG.partial``. An mcap cut short (what a crashed recorder leaves: no
+summary or footer) is the exception: its complete messages are replayed
+(``vlsam_ros.mcap_salvage``) and the summary says how many could not be read (exit 3). A topic that is not in the bag, or is not an image
 topic, is an error listing the bag's image topics. A frame the decoder (or the pipeline's
 input check) rejects is a logged skip by default (``--on-bad-frame skip``), recorded on the
 ``replay_skipped`` topic and counted in the summary; ``--on-bad-frame error`` stops instead.
@@ -126,6 +128,8 @@ class ReplaySummary:
     topics: dict[str, TopicStats]
     wall_s: float
     pipeline_s: float
+    truncated_input: str | None = None  # what a cut mcap input lost (mcap_salvage)
+    unreadable: int | None = 0  # messages of the replayed topics lost to the cut (None: ?)
 
     @property
     def frames(self) -> int:
@@ -143,7 +147,8 @@ class ReplaySummary:
                 "frames_per_s": frames / self.wall_s if self.wall_s > 0 else None,
                 "overhead_s": self.wall_s - self.pipeline_s,
                 "overhead_per_frame_ms": (1000 * (self.wall_s - self.pipeline_s) / frames
-                                          if frames else None)}
+                                          if frames else None),
+                "truncated_input": self.truncated_input, "unreadable": self.unreadable}
 
 
 def _storage_of(bag: Path) -> str:
@@ -345,7 +350,10 @@ def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
             LOG.error("replay stopped; the %d DetectionArray(s) written so far are in %s",
                       written, partial)
             raise
-    return ReplaySummary(out_bag, stats, time.perf_counter() - started, pipeline_s)
+    report = getattr(reader, "report", None)  # a cut mcap read by mcap_salvage
+    return ReplaySummary(out_bag, stats, time.perf_counter() - started, pipeline_s,
+                         report.describe(requested) if report is not None else None,
+                         report.lost(requested) if report is not None else 0)
 
 
 def build_parser() -> ToolParser:
@@ -412,9 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"replayed {info['frames']} frame(s) into {summary.out_bag}: {rate:.2f} "
               f"frames/s, pipeline {summary.pipeline_s:.2f} s of {summary.wall_s:.2f} s wall; "
               f"{summary.skipped} skipped")
+        if summary.truncated_input is not None:
+            print(f"input: {summary.truncated_input}")
         if args.stats:
             write_text_atomically(args.stats, json.dumps(info, indent=2) + "\n")
-        return EXIT_SKIPPED if summary.skipped else EXIT_OK
+        partial_input = summary.truncated_input is not None
+        return EXIT_SKIPPED if summary.skipped or partial_input else EXIT_OK
 
     return run_tool("vlsam-replay-bag", body, (BagError, ReplayError))
 
