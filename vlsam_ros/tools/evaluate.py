@@ -5,8 +5,11 @@ COCO result JSON (``--detections``: ``[{"image_id", "bbox": [x, y, w, h], "score
 From a bag, each ``DetectionArray`` is matched to its ground-truth image by its header
 stamp through the frame index that ``vlsam-dataset-to-bag`` stored in the bag (and replay
 copied); ``--frame-index BAG`` reads it from another bag, e.g. the input bag. Images with no
-DetectionArray (skipped frames) count as images where nothing was found, and are listed in
-the report under ``frames_without_results``.
+DetectionArray are refused by default: ``--images gt`` counts them as images where nothing
+was found (listed in the report under ``frames_without_results``), ``--images detected``
+scores only the images with results. From a COCO result JSON, which cannot say which images
+were processed, images without any detection count as nothing found unless ``--images
+detected``.
 
 Writes into ``--out``:
 
@@ -20,7 +23,8 @@ Writes into ``--out``:
 Usage::
 
     vlsam-evaluate --gt DATASET/corner_case.json (--bag OUT_BAG [--topic T] | --detections
-        FILE) --out DIR [--frame-index SRC_BAG] [--lvis] [--text-encoder hashing|MODEL_DIR]
+        FILE) --out DIR [--images same|gt|detected] [--frame-index SRC_BAG] [--lvis]
+        [--text-encoder hashing|MODEL_DIR]
 """
 
 from __future__ import annotations
@@ -78,13 +82,16 @@ def detections_from_bag(bag: str | Path, frame_index: dict[int, int],
         elif len(topics) != 1:
             raise BagError(f"{bag}: {len(topics)} DetectionArray topics {topics}; "
                            "choose one with --topic")
+        unmatched: list[int] = []
+        total = 0
         for _, _, raw in iter_messages(reader, conns, bag):
+            total += 1
             msg = store.deserialize_cdr(raw, DETECTION_ARRAY_TYPE)
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             image_id = frame_index.get(stamp)
             if image_id is None:
-                raise BagError(f"{bag}: DetectionArray stamped {stamp} ns matches no frame "
-                               "of the frame index (different dataset or stamps?)")
+                unmatched.append(stamp)
+                continue
             seen.add(image_id)
             for d in msg_to_dicts(msg):
                 x0, y0, x1, y1 = d["box_xyxy"]
@@ -92,6 +99,11 @@ def detections_from_bag(bag: str | Path, frame_index: dict[int, int],
                              "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                              "score": d["score"], "label": d["label"],
                              "segmentation": _compressed_segmentation(d["segmentation"])})
+    if unmatched:
+        raise BagError(f"{bag}: {len(unmatched)} of {total} DetectionArray(s) have header "
+                       f"stamps that match no frame of the frame index (first: "
+                       f"{unmatched[0]} ns): the detections were not replayed from the bag "
+                       "this frame index belongs to (check --frame-index)")
     return dets, seen
 
 
@@ -112,12 +124,57 @@ def make_text_encoder(spec: str) -> text_encoders.TextEncoder:
     return text_encoders.TransformersTextEncoder(spec)
 
 
+IMAGE_SELECTIONS = ("same", "gt", "detected")
+"""Which images are scored (``--images``): ``same`` requires the detections to cover exactly
+the ground truth's images (from a bag, an error names the difference); ``gt`` scores every
+ground-truth image, one without results counting as nothing found; ``detected`` scores only
+the images that have results (a DetectionArray in the bag, or at least one detection in a
+JSON file), leaving the other ground-truth images out."""
+
+
+def _ids(ids: list[int], shown: int = 10) -> str:
+    return ", ".join(str(i) for i in ids[:shown]) + (", ..." if len(ids) > shown else "")
+
+
+def select_images(gt: dict[str, Any], covered: set[int], selection: str, gt_path: Any,
+                  source: Any, from_bag: bool) -> tuple[dict[str, Any], list[int]]:
+    """The ground truth to score under ``selection`` (IMAGE_SELECTIONS) and the ids of the
+    ground-truth images without results. Raises EvaluationInputError when the results name
+    images the ground truth lacks, or (``same``, from a bag) do not cover all of its images.
+    """
+    gt_ids = [img["id"] for img in gt["images"]]
+    foreign = sorted(covered - set(gt_ids))
+    if foreign:
+        raise evaluation.EvaluationInputError(
+            f"{source} has results for {len(foreign)} image id(s) that {gt_path} does not "
+            f"have ({_ids(foreign)}): the ground truth belongs to another dataset")
+    missing = [i for i in gt_ids if i not in covered]
+    if selection == "same" and from_bag and missing:
+        raise evaluation.EvaluationInputError(
+            f"{gt_path} has {len(gt_ids)} image(s) but {source} has results (DetectionArrays) "
+            f"for {len(gt_ids) - len(missing)} of them; {len(missing)} have none (ids "
+            f"{_ids(missing)}): a different or larger ground truth, or frames missing from "
+            "the replay. Score only the images with results with --images detected, or "
+            "count the others as nothing found with --images gt")
+    if selection == "detected":
+        keep = set(gt_ids) - set(missing)
+        gt = {**gt, "images": [img for img in gt["images"] if img["id"] in keep],
+              "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    elif missing and from_bag:
+        LOG.warning("%d ground-truth image(s) have no DetectionArray in %s; they count as "
+                    "images where nothing was found (--images gt)", len(missing), source)
+    return gt, missing
+
+
 def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = None,
              detections_path: str | Path | None = None, topic: str | None = None,
              frame_index_bag: str | Path | None = None, lvis: bool = False,
-             text_encoder: str = "hashing") -> dict[str, Any]:
+             text_encoder: str = "hashing", images: str = "same") -> dict[str, Any]:
     """Runs the evaluation and writes report.json, recall_vs_iou.png and detections.json
-    into ``out_dir``; returns the report."""
+    into ``out_dir`` (only once everything was computed); returns the report. ``images``
+    says which images are scored (IMAGE_SELECTIONS)."""
+    if images not in IMAGE_SELECTIONS:
+        raise ValueError(f"images={images!r}: must be one of {IMAGE_SELECTIONS}")
     if (bag is None) == (detections_path is None):
         raise ValueError("give exactly one of a bag or a detections JSON")
     gt = evaluation.load_ground_truth(gt_path)
@@ -125,15 +182,16 @@ def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = 
     if bag is not None:
         index = load_frame_index(frame_index_bag or bag)
         dets, seen = detections_from_bag(bag, index, topic)
-        missing = sorted(img["id"] for img in gt["images"] if img["id"] not in seen)
-        if missing:
-            LOG.warning("%d image(s) have no DetectionArray in %s (skipped frames?); they "
-                        "count as images where nothing was found", len(missing), bag)
+        gt, missing = select_images(gt, seen, images, gt_path, bag, from_bag=True)
         source = {"bag": str(bag), "frames_with_results": len(seen),
                   "frames_without_results": missing}
     else:
         dets = evaluation.load_detections(detections_path, gt)
-        source = {"detections": str(detections_path)}
+        gt, missing = select_images(gt, {d["image_id"] for d in dets}, images, gt_path,
+                                    detections_path, from_bag=False)
+        source = {"detections": str(detections_path), "images_without_detections": missing}
+    source["images"] = images
+    source["images_scored"] = len(gt["images"])
     report = evaluation.evaluate_coda(gt, dets)
     report = {"ground_truth": str(gt_path), **source, **report}
     if lvis:
@@ -163,6 +221,11 @@ def build_parser() -> ToolParser:
     parser.add_argument("--out", required=True, help="output folder (created; report.json, "
                                                      "recall_vs_iou.png and detections.json "
                                                      "in it are replaced)")
+    parser.add_argument("--images", choices=IMAGE_SELECTIONS, default="same",
+                        help="which images to score: 'same' (default) refuses a bag whose "
+                             "DetectionArrays do not cover exactly the ground truth's images; "
+                             "'gt' scores all ground-truth images (no results = nothing "
+                             "found); 'detected' only those with results")
     parser.add_argument("--lvis", action="store_true",
                         help="also LVIS-style AP on rare categories (needs category "
                              "'frequency' and detection labels)")
@@ -187,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.lvis and args.text_encoder != "hashing":
             check_input(Path(args.text_encoder), "--text-encoder", folder=True)
         report = evaluate(args.gt, args.out, args.bag, args.detections, args.topic,
-                          args.frame_index, args.lvis, args.text_encoder)
+                          args.frame_index, args.lvis, args.text_encoder, args.images)
         o = report["overall"]
 
         def pct(v: float | None) -> str:
