@@ -48,7 +48,8 @@ from vlsam_ros.core.errors import InvalidImageError, VlsamError
 from vlsam_ros.core.results import FrameResult
 from vlsam_ros.detection_messages import (frame_result_to_detection2d_array, frame_result_to_msg,
                                           latency_ms, vision_msgs_enabled)
-from vlsam_ros.diagnostics import CameraReport, CameraStats, camera_status, diagnostic_array
+from vlsam_ros.diagnostics import (CameraCounts, CameraReport, CameraStats, camera_status,
+                                   diagnostic_array, rate_line)
 from vlsam_ros.image_decoding import compressed_to_rgb, image_to_rgb
 from vlsam_ros.latest_frame_slot import FrameSlots, SlotObserver
 from vlsam_ros.msg import DetectionArray
@@ -167,6 +168,10 @@ class VlsamNode(LifecycleNode):
         self._cameras: list[_Camera] = []
         self._diagnostics_pub: Any = None
         self._diagnostics_timer: Any = None
+        self._rate_timer: Any = None
+        self._rate_previous: tuple[Any, list[CameraCounts]] = (None, [])
+        self._rate_last = time.monotonic()
+        self._diag_previous: tuple[Any, list[int]] = (None, [])  # received per camera
         self._last_diagnostics = time.monotonic()
         self._pipeline: Any = None
         self._slots: FrameSlots | None = None
@@ -241,6 +246,9 @@ class VlsamNode(LifecycleNode):
         self._last_diagnostics = time.monotonic()
         self._diagnostics_timer = self.create_timer(cfg.node.diagnostics_period_s,
                                                     self._publish_diagnostics)
+        if cfg.node.rate_log_period_s > 0:
+            self._rate_last = time.monotonic()
+            self._rate_timer = self.create_timer(cfg.node.rate_log_period_s, self._log_rates)
         self._problem = ""
         self.get_logger().info(
             "configured: " + "; ".join(f"{c.topics.input} -> {c.topics.detections}"
@@ -260,6 +268,8 @@ class VlsamNode(LifecycleNode):
             f"models loaded in {time.perf_counter() - started:.1f} s: vlm {cfg.vlm.model} "
             f"({cfg.vlm.family}), sam {cfg.sam.type} {cfg.sam.checkpoint}, on {cfg.device}")
         self._slots = FrameSlots(len(self._cameras), observer=self._slot_observer)
+        self._rate_last = time.monotonic()  # the next rate line covers this activation only
+        self._rate_previous = (self._slots, self.camera_counts_now())
         self._worker = threading.Thread(target=self._worker_loop,
                                         args=(self._slots, self._stop_token),
                                         name="vlsam-worker", daemon=True)
@@ -371,6 +381,9 @@ class VlsamNode(LifecycleNode):
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
+        if self._rate_timer is not None:
+            self.destroy_timer(self._rate_timer)
+            self._rate_timer = None
         if self._diagnostics_pub is not None:
             self.destroy_publisher(self._diagnostics_pub)
             self._diagnostics_pub = None
@@ -525,16 +538,49 @@ class VlsamNode(LifecycleNode):
         period, self._last_diagnostics = now - self._last_diagnostics, now
         slots = self._slots
         counts = slots.counts() if slots is not None else None
+        previous_slots, previous = self._diag_previous
         statuses = []
         for index, cam in enumerate(self._cameras):
             received = counts[index].received if counts else 0
             dropped = counts[index].dropped if counts else 0
-            report = CameraReport(cam.topics.input, cam.stats.snapshot(period), received, dropped)
+            before = previous[index] if previous_slots is slots and index < len(previous) else 0
+            report = CameraReport(cam.topics.input, cam.stats.snapshot(period), received,
+                                  dropped, received_in_window=received - before)
             statuses.append(camera_status(
                 report, node_name=self.get_fully_qualified_name(), state=self.lifecycle_state,
                 device=cfg.device, model=cfg.vlm.model, sam=f"{cfg.sam.type} {cfg.sam.checkpoint}",
                 problem=self._problem))
+        self._diag_previous = (slots, [counts[i].received if counts else 0
+                                       for i in range(len(self._cameras))])
         self._diagnostics_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
+
+    def camera_counts_now(self) -> list[CameraCounts]:
+        """Cumulative counts of every camera (received/dropped since the last activation)."""
+        slots = self._slots
+        counts = slots.counts() if slots is not None else None
+        out = []
+        for index, cam in enumerate(self._cameras):
+            totals = cam.stats.totals()
+            out.append(CameraCounts(counts[index].received if counts else 0,
+                                    totals["published"], counts[index].dropped if counts else 0,
+                                    totals["malformed"], totals["failed"]))
+        return out
+
+    def _log_rates(self) -> None:
+        """The periodic rate line (``node.rate_log_period_s``), while serving."""
+        slots = self._slots
+        if slots is None:
+            return
+        now_t = time.monotonic()
+        period, self._rate_last = now_t - self._rate_last, now_t
+        previous_slots, previous = self._rate_previous
+        now = self.camera_counts_now()
+        if previous_slots is not slots or len(previous) != len(now):  # defensive
+            previous = [CameraCounts(0, c.published, 0, c.malformed, c.failed) for c in now]
+        self._rate_previous = (slots, now)
+        self.get_logger().info(rate_line(period, [(cam.topics.input, before, after) for cam,
+                                                  before, after in zip(self._cameras, previous,
+                                                                       now)]))
 
 
 def main(args: Sequence[str] | None = None) -> int:
@@ -542,7 +588,10 @@ def main(args: Sequence[str] | None = None) -> int:
     unconfigured; a lifecycle manager (the launch file) configures and activates it."""
     from vlsam_ros.spin import exit_process, spin_until_shutdown
 
+    from vlsam_ros.ros_logging import route_python_logging
+
     rclpy.init(args=args, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = VlsamNode()
+    route_python_logging(node.get_logger())  # core + library logs into the ROS log, no bars
     exit_process(spin_until_shutdown(node, activate=False))
     return 0  # not reached: exit_process ends the process

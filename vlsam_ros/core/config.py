@@ -309,6 +309,9 @@ class NodeConfig(_Section):
                                          range=(0.05, 60.0))
     log_throttle_s: float = _field(5.0, "Minimum interval between repeated warnings.",
                                    range=(0.0, 3600.0))
+    rate_log_period_s: float = _field(60.0, "Period of the log line with each camera's "
+                                      "input and processed rates and drop counts; 0 turns "
+                                      "it off.", range=(0.0, 86400.0))
     malloc_arena_max: int = _field(2, "Linux/glibc: most malloc arenas of the node's process, "
                                    "set on configure (0 keeps glibc's 8 per core). Few arenas "
                                    "keep resident memory flat while frames arrive on several "

@@ -96,9 +96,12 @@ def _serve(args: argparse.Namespace, cfg: Any, ros_values: dict[str, Any]) -> in
     from vlsam_ros.parameters import parameter_overrides
     from vlsam_ros.spin import exit_process, spin_until_shutdown
 
+    from vlsam_ros.ros_logging import route_python_logging
+
     rclpy.init(args=None, signal_handler_options=SignalHandlerOptions.NO)
     node = VlsamNode(args.node_name,
                      parameter_overrides=parameter_overrides(cfg, extra=ros_values))
+    route_python_logging(node.get_logger())  # core + library logs into the ROS log, no bars
     node.get_logger().info(f"pid {os.getpid()}: starting with "
                            f"{args.params_file or 'schema defaults'}; overrides: "
                            f"{args.overrides or 'none'}")
