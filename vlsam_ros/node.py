@@ -12,6 +12,12 @@ Lifecycle:
   when CUDA is in use).
 * cleanup / shutdown: also removes publishers and timers.
 
+Any exception in a transition is logged with its reason (file, key, what to do; a traceback
+only for unexpected errors), undone, and kept in ``problem`` / on ``/diagnostics``; rclpy
+alone would turn it into a silent ERROR. A stop (deactivate, shutdown, SIGINT/SIGTERM
+through ``request_stop``) cancels the frame in progress, which ends at its next safe point
+(``vlsam_ros.core.cancellation``); the log says which frame was dropped where.
+
 Data flow: each camera callback only stores its message in that camera's latest-frame slot
 (``vlsam_ros.latest_frame_slot``). One worker thread takes the newest frame of the next camera
 with a fresh frame (round-robin), decodes it, runs the pipeline and publishes. Topics: see

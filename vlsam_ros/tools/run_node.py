@@ -7,7 +7,8 @@ Reads the same YAML the launch file passes (``<node>: ros__parameters: ...``), a
 everything against the config schema before starting, then configures and activates the node
 itself and serves until SIGINT/SIGTERM, when it deactivates, frees the models and exits 0.
 Exits 1 when the node cannot be configured or activated (e.g. missing weights: the log says
-which file is missing), 2 on an invalid configuration.
+which file is missing), 2 on an invalid configuration (one line, before ROS starts).
+``--print-config`` prints the effective configuration, ``--list-keys`` every key.
 """
 
 from __future__ import annotations
