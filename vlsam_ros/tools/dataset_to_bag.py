@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Sequence
 

@@ -29,8 +29,9 @@ Throughput is printed at the end either way (and written by ``--stats FILE``).
 stops the replay with an error naming the bag and how far it got; the results written so
 far are kept in ``OUT_BAG.partial``. An mcap cut short (what a crashed recorder leaves: no
 summary or footer) is the exception: its complete messages are replayed
-(``vlsam_ros.mcap_salvage``) and the summary says how many could not be read (exit 3). A topic that is not in the bag, or is not an image
-topic, is an error listing the bag's image topics. A frame the decoder (or the pipeline's
+(``vlsam_ros.mcap_salvage``) and the summary says how many could not be read (exit 3).
+A topic that is not in the bag, or is not an image topic, is an error listing the bag's
+image topics. A frame the decoder (or the pipeline's
 input check) rejects is a logged skip by default (``--on-bad-frame skip``), recorded on the
 ``replay_skipped`` topic and counted in the summary; ``--on-bad-frame error`` stops instead.
 The cheap checks (input bag and topics, output path, ``--stats`` folder, configuration) run
