@@ -132,6 +132,19 @@ DEFAULT_REPHRASE_PROMPT = (
 )
 
 
+def parse_grid_pinpoints(text: str) -> tuple[tuple[int, int], ...]:
+    """'336x672,672x336' -> ((336, 672), (672, 336)): (height, width) pixel pairs, the order of
+    LLaVA-NeXT's image_grid_pinpoints. Empty text -> (). Raises ConfigError."""
+    pairs = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise ConfigError(f"llava_next_grid_pinpoints={text!r}: expected comma-separated "
+                              f"HEIGHTxWIDTH pixel sizes such as '336x672,672x336', got {item!r}")
+        pairs.append((int(parts[0]), int(parts[1])))
+    return tuple(pairs)
+
+
 @dataclasses.dataclass(frozen=True)
 class VlmConfig(_Section):
     """The vision-language model that names the objects and provides the attention."""
@@ -161,6 +174,42 @@ class VlmConfig(_Section):
                               range=(1, 256), runtime=True)
     local_files_only: bool = _field(True, "Never reach the Hugging Face hub; load from disk "
                                     "or the local cache only.")
+    image_fit: str = _field(
+        "whole", "What the VLM sees of the frame. 'whole': the whole frame whatever its aspect "
+        "ratio (llava: pad to a square with the image-mean colour as LLaVA-1.5 was trained, no "
+        "centre crop; llava_next: anyres; qwen2_vl: dynamic resolution within the pixel range "
+        "below; idefics3: tiles plus a global image, up to the longest edge below). "
+        "'processor': the checkpoint's image processor unchanged, budgets ignored (llava-1.5 "
+        "then centre-crops: 56% of a 1600x900 frame's width, 30% of a 1242x375 one).",
+        choices=("whole", "processor"), runtime=True)
+    qwen_min_pixels: int = _field(
+        0, "qwen2_vl: least pixels of the resized frame (floor over the checkpoint's "
+        "min_pixels); 0 = the checkpoint's (3136 published).", range=(0, 2**31 - 1),
+        runtime=True)
+    qwen_max_pixels: int = _field(
+        1280 * 28 * 28, "qwen2_vl: most pixels of the resized frame, a cap on the checkpoint's "
+        "max_pixels; 0 = the checkpoint's (12845056 published: 1824 image tokens at 1600x900, "
+        "2691 at 1920x1080). Default 1280*28*28 (the model card's upper bound): 1222 tokens "
+        "(26x47) at 1600x900 and 1920x1080, 572 (13x44) at 1242x375.",
+        range=(0, 2**31 - 1), runtime=True)
+    idefics3_longest_edge: int = _field(
+        0, "idefics3/SmolVLM: longest edge the frame is resized to before splitting into "
+        "tiles, a cap on the checkpoint's size.longest_edge; 0 = the checkpoint's (4 tiles: "
+        "1456 Idefics3-8B, 1536 SmolVLM 2.2B, 2048 SmolVLM-256M/500M), i.e. 3x4 tiles + global "
+        "at 1600x900 and 1920x1080 (2197 / 1053 / 832 image tokens), 2x4 + global at 1242x375 "
+        "(1521 / 729 / 576).", range=(0, 4096), runtime=True)
+    llava_next_grid_pinpoints: str = _field(
+        "", "llava_next: anyres grid resolutions 'HxW,HxW,...' in pixels (multiples of the "
+        "336 px tile); empty = the checkpoint's (336x672,672x336,672x672,1008x336,336x1008: "
+        "672x672 at 1600x900 and 1920x1080, 1948 image tokens; 336x1008 at 1242x375, 2182).",
+        runtime=True)
+
+    def _check(self) -> None:
+        parse_grid_pinpoints(self.llava_next_grid_pinpoints)
+        if self.qwen_min_pixels and self.qwen_max_pixels \
+                and self.qwen_min_pixels > self.qwen_max_pixels:
+            raise ConfigError(f"qwen_min_pixels={self.qwen_min_pixels} exceeds "
+                              f"qwen_max_pixels={self.qwen_max_pixels}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,10 @@ Object token rows: the map of a name uses, for each of its generated tokens, the
 that *generated* that token (the position just before it), which is the attention returned
 for that step by ``generate(output_attentions=True)`` and exists for every generated token
 (the last generated token is never fed back). Multi-token names average their rows.
+
+Images go through a copy of the checkpoint's processor fitted by ``vlm.image_fit`` and the
+pixel budgets (``image_fit.py``: the whole frame by default); the same fitted processor
+gives the token layout, so the map's grid box matches what the VLM saw.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from vlsam_ros.core.errors import (AttentionUnavailableError, InvalidImageError,
 from vlsam_ros.core.results import ObjectName, VlmAnswer
 from vlsam_ros.core.vlm import layouts
 from vlsam_ros.core.vlm.capture import QKHook, RowCapture, attention_modules, capturing
+from vlsam_ros.core.vlm.image_fit import ImageFit, fit_processor
 from vlsam_ros.core.vlm.object_names import parse_object_names, token_char_spans
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -85,6 +90,8 @@ class HuggingFaceVlm:
         self.qk_hook: QKHook | None = None
         # Peak bytes the attention capture held during the latest describe().
         self.last_capture_peak_bytes = 0
+        self._fitted: dict[ImageFit, Any] = {}     # fitted processors per image-fit setting
+        self._idefics3_marker_ids: tuple[dict[int, tuple[int, int]], int] | None = None
 
     # --- family hooks ----------------------------------------------------------------
 
@@ -97,8 +104,29 @@ class HuggingFaceVlm:
         raise AttentionUnavailableError(f"{type(self.model).__name__}: decoder not found")
 
     def image_layout(self, ids: Sequence[int], image_hw: tuple[int, int], inputs: dict,
-                     index: int) -> layouts.ImageLayout:
-        raise NotImplementedError
+                     index: int, processor: Any = None) -> layouts.ImageLayout:
+        """Token layout of batch row ``index`` (``ids``: its unpadded prompt ids) as prepared
+        by ``processor`` (default: ``fitted_processor()``, the default image fit)."""
+        processor = processor if processor is not None else self.fitted_processor()
+        marker_ids = None
+        if self.family == "idefics3":
+            if self._idefics3_marker_ids is None:
+                self._idefics3_marker_ids = layouts.idefics3_markers(self.tokenizer)
+            marker_ids = self._idefics3_marker_ids
+        return layouts.family_layout(self.family, ids, self.image_token_id(), image_hw,
+                                     processor, inputs, index, marker_ids)
+
+    def fitted_processor(self, vlm_cfg: VlmConfig | None = None) -> Any:
+        """The processor that prepares images under ``vlm_cfg``'s image fit and budgets
+        (default ``VlmConfig()``); a cached copy, the loaded processor is not modified."""
+        fit = ImageFit.from_config(vlm_cfg if vlm_cfg is not None else VlmConfig())
+        if fit not in self._fitted:
+            self._fitted[fit] = fit_processor(self.processor, self.family, fit)
+        return self._fitted[fit]
+
+    def match_model_to(self, processor: Any) -> None:
+        """Makes the model's own copy of processor settings agree with ``processor`` (only
+        LLaVA-NeXT keeps one: its grid pinpoints)."""
 
     def image_token_id(self) -> int:
         cfg = self.model.config
@@ -120,7 +148,9 @@ class HuggingFaceVlm:
             return []
         images = [check_image(im, i) for i, im in enumerate(images)]
         prompts = [self._prompt(q, with_image=True) for q in questions]
-        inputs = self._inputs(prompts, images)
+        processor = self.fitted_processor(vlm_cfg)
+        self.match_model_to(processor)
+        inputs = self._inputs(prompts, images, processor)
         if attn_cfg.capture == "reference":
             self._check_reference_size(inputs, vlm_cfg, attn_cfg)
         with capturing(self.language_model(), attn_cfg.capture, self.qk_hook) as rec:
@@ -134,7 +164,7 @@ class HuggingFaceVlm:
         for b, (image, question, sample) in enumerate(zip(images, questions, samples)):
             hw = (int(image.shape[0]), int(image.shape[1]))
             valid_ids = inputs["input_ids"][b, sample.pad:].tolist()
-            layout = self.image_layout(valid_ids, hw, inputs, b)
+            layout = self.image_layout(valid_ids, hw, inputs, b, processor)
             if sample.objects:
                 flow = self._object_rows(rows[b], sample, layout, attn_cfg)
                 maps = torch.stack([attn.object_map(r, layout.grid_index, hw, layout.box_xyxy)
@@ -166,13 +196,17 @@ class HuggingFaceVlm:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True,
                                                   tokenize=False)
 
-    def _inputs(self, prompts: list[str], images: list[np.ndarray] | None) -> dict:
+    def _inputs(self, prompts: list[str], images: list[np.ndarray] | None,
+                processor: Any = None) -> dict:
+        """Processor outputs on the model's device and dtype. ``processor``: the one that
+        prepares the images (default ``fitted_processor()``)."""
         from PIL import Image
 
+        processor = processor if processor is not None else self.fitted_processor()
         kwargs: dict[str, Any] = {"text": prompts, "padding": True, "return_tensors": "pt"}
         if images is not None:
             kwargs["images"] = [Image.fromarray(im) for im in images]
-        batch = self.processor(**kwargs)
+        batch = processor(**kwargs)
         dtype = self.model.dtype
         out = {}
         for k, v in batch.items():
@@ -297,10 +331,6 @@ class LlavaVlm(HuggingFaceVlm):
     family = "llava"
     model_types = ("llava",)
 
-    def image_layout(self, ids, image_hw, inputs, index):
-        return layouts.llava_layout(ids, self.image_token_id(), image_hw,
-                                    self.processor.image_processor)
-
 
 class LlavaNextVlm(HuggingFaceVlm):
     """LLaVA-NeXT / LLaVA-1.6 (anyres tiles)."""
@@ -308,10 +338,10 @@ class LlavaNextVlm(HuggingFaceVlm):
     family = "llava_next"
     model_types = ("llava_next",)
 
-    def image_layout(self, ids, image_hw, inputs, index):
-        return layouts.llava_next_layout(ids, self.image_token_id(), image_hw,
-                                         self.processor.image_processor,
-                                         self.processor.patch_size)
+    def match_model_to(self, processor):
+        """The model unpads and counts anyres features from its config's pinpoints."""
+        self.model.config.image_grid_pinpoints = [list(p) for p in
+                                                  processor.image_processor.image_grid_pinpoints]
 
 
 class Qwen2VlVlm(HuggingFaceVlm):
@@ -320,11 +350,6 @@ class Qwen2VlVlm(HuggingFaceVlm):
     family = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
 
-    def image_layout(self, ids, image_hw, inputs, index):
-        merge = int(self.processor.image_processor.merge_size)
-        return layouts.qwen2_vl_layout(ids, self.image_token_id(), image_hw,
-                                       inputs["image_grid_thw"][index].tolist(), merge)
-
 
 class Idefics3Vlm(HuggingFaceVlm):
     """Idefics3 and SmolVLM (image splitting into tiles plus a global image)."""
@@ -332,6 +357,3 @@ class Idefics3Vlm(HuggingFaceVlm):
     family = "idefics3"
     model_types = ("idefics3", "smolvlm")
 
-    def image_layout(self, ids, image_hw, inputs, index):
-        markers, global_id = layouts.idefics3_markers(self.tokenizer)
-        return layouts.idefics3_layout(ids, self.image_token_id(), image_hw, markers, global_id)
