@@ -7,27 +7,35 @@ noun phrases found by spaCy's small English pipeline (POS tags, dependency parse
 
 1. structure (``_segments``): markdown marks (``**``, ``#``, backticks, bullets, list
    numbers) are blanked without moving any character; the text is cut into segments at line
-   breaks and list markers, and a list item or ``Label: ...`` line into its head and its
+   breaks and list markers, and a list item or ``Label: ...`` line into its label and its
    explanation. In a JSON answer every string value is a segment, except values of
-   attribute keys (``"location"``, ``"color"``, ...); keys are never names.
-2. noun phrases (``_phrases``): each noun (tag NN*) that does not modify a following noun
-   heads a phrase; the phrase takes the adjectives, prenominal participles ("fallen",
-   "parked") and compound nouns right before it, never determiners, numbers, quantifiers
-   ("several", "another") or anything after the head, so verbs and trailing participles
-   ("cars parked", "standing") are never names. At most ``max_object_words`` words are kept,
-   the last ones (the head is last).
+   attribute keys (``"location"``, ``"color"``, ...); keys are never names. Labels, short
+   list items, JSON values and answers of at most three words are bare noun phrases: they
+   are parsed after the words "There is a" (alone, "dump truck" is tagged as a verb and its
+   object), and labels, JSON values and all-capitalised lists in lower case (title case is
+   tagged as proper nouns).
+2. noun phrases (``_phrases``): each noun that does not modify a following noun heads a
+   phrase; the phrase takes the adjectives, prenominal participles ("fallen", "parked"),
+   hyphenated words and compound nouns right before it, never determiners, numbers,
+   quantifiers ("several", "another") or anything after the head, so verbs and trailing
+   participles ("cars parked", "standing") are never names. At most ``max_object_words``
+   words are kept, the last ones (the head is last). Three frequent tagging errors of the
+   small model are corrected (``_is_noun``): a bare gerund as a list element ("building"),
+   "can" after a noun ("trash can"), and a verb read as a plural noun in a sentence without
+   any verb ("A guardrail runs along the road").
 3. dropped: negated phrases ("no pedestrians", "I don't see any debris or animals",
    "without a leash", "no unusual objects such as debris"), words for the picture, a
-   position, an area or an abstract notion (``_NON_OBJECT_NOUNS``: "image", "left",
-   "zone", "hazard", ...), "a group / pile / piece of X" (X is the name), and background:
-   names ending with one of ``vlm.background_words`` (road, lane, sky, ... configurable).
+   position, an area, an event or an abstract notion (``_NON_OBJECT_NOUNS``: "image",
+   "left", "zone", "hazard", ...), "a group / pile / piece of X" (X is the name), and
+   background: names ending with one of ``vlm.background_words`` (road, lane, sky, ...,
+   configurable).
 4. canonical form: lower case, the text of the phrase as written with its head noun
-   singular (spaCy lemma: "traffic cones" -> "traffic cone", "geese" -> "goose"; "people"
-   -> "person"), so one object named in singular and plural is one name.
-5. deduplicated in text order: a name already seen, a later bare mention of an earlier
-   name's head noun ("a white truck ... the truck"), and, inside a list item's explanation,
-   a re-description of the item ("1. **Cones**: orange cones stand ...") add nothing; at
-   most ``max_objects`` names.
+   singular (spaCy lemma: "traffic cones" -> "traffic cone", "children" -> "child";
+   "people" -> "person"), so one object named in singular and plural is one name.
+5. deduplicated in text order: a name already seen, a bare head noun after "the" / "this"
+   / "its" ... that an earlier name has ("a white truck ... the truck"), and, inside a list
+   item's explanation, a mention with the label's head noun ("1. **Cones**: orange cones
+   stand ...") add nothing; at most ``max_objects`` names.
 
 ``extract_object_names(text)`` returns the names; ``parse_object_names(text, char_spans)``
 returns the same names with token spans for the attention maps: a name's span is the
@@ -373,23 +381,25 @@ def _is_modifier(tok: Any) -> bool:
 
 
 def _head_lemma(head: Any) -> str:
+    """The canonical (singular, lower-case) form of a head noun: spaCy's lemma of a plural
+    noun; irregular plurals from spaCy's noun exception table whatever the tag ("geese" is
+    sometimes tagged as a proper noun); ``_SINGULAR`` for "people"."""
     word = head.lower_
     if word in _SINGULAR:
         return _SINGULAR[word]
-    if head.tag_ not in _PLURAL_TAGS:
-        return word
-    lemma = head.lemma_.lower()
-    if head.tag_ == "NNPS" or lemma == word:       # title case: lemmatise as a common noun
-        lemma = _noun_lemma(head.doc.vocab, word)
-    return lemma or word
-
-
-def _noun_lemma(vocab: Any, word: str) -> str:
-    from spacy.tokens import Doc
-    doc = Doc(vocab, words=[word])
-    doc[0].pos_, doc[0].tag_ = "NOUN", "NNS"
-    doc[0].set_morph("Number=Plur")
-    return load_spacy_pipeline().get_pipe("lemmatizer")(doc)[0].lemma_.lower()
+    lemmatizer = load_spacy_pipeline().get_pipe("lemmatizer")
+    irregular = lemmatizer.lookups.get_table("lemma_exc").get("noun", {}).get(word)
+    if irregular:
+        return irregular[0]
+    if head.tag_ == "NNS":
+        return head.lemma_.lower() or word
+    if head.tag_ == "NNPS":                   # title case: lemmatise as a common plural noun
+        from spacy.tokens import Doc
+        doc = Doc(head.doc.vocab, words=[word])
+        doc[0].pos_, doc[0].tag_ = "NOUN", "NNS"
+        doc[0].set_morph("Number=Plur")
+        return lemmatizer(doc)[0].lemma_.lower() or word
+    return word
 
 
 def _negated(tok: Any, depth: int = 0) -> bool:
