@@ -46,7 +46,8 @@ def test_corpus_is_well_formed(corpus):
     assert len(corpus) >= 150
     questions = {DEFAULT_QUESTION, *DEFAULT_ENSEMBLE_QUESTIONS}
     for entry in corpus:
-        assert set(entry) == {"style", "question", "answer", "expected"}, entry
+        assert {"style", "question", "answer", "expected"} <= set(entry), entry
+        assert entry.get("set", "dev") in ("dev", "heldout"), entry
         assert entry["style"] in STYLES
         assert entry["question"] in questions
         assert isinstance(entry["answer"], str)
@@ -71,6 +72,8 @@ def _pooled_scores(entries):
 
 
 def test_corpus_recall_and_precision(corpus):
+    """Pooled over the whole corpus: the development answers the extractor was refined on
+    and the held-out ones written afterwards (bench/object_names.py reports both)."""
     recall, precision, errors = _pooled_scores(corpus)
     report = f"recall {recall:.3f} precision {precision:.3f}; errors (answer, missed, " \
              f"unexpected): {errors}"

@@ -441,17 +441,18 @@ def object_mentions(text: str, cfg: VlmConfig | None = None) -> list[ObjectMenti
         return []
     nlp = load_spacy_pipeline()
     carriers = [_carrier(seg) for seg in segments]
-    with _nlp_lock:
+    with _nlp_lock:                      # spaCy objects are not documented as thread-safe
         docs = list(nlp.pipe([c + seg.text for c, seg in zip(carriers, segments)]))
+        phrases = [list(_phrases(doc, _first_token_at(doc, len(c)), cfg.max_object_words))
+                   for doc, c in zip(docs, carriers)]
     background = tuple(" ".join(w.lower().split()) for w in cfg.background_words)
     out: list[ObjectMention] = []
     seen_names: set[str] = set()
     seen_heads: set[str] = set()
     item_heads: dict[int, set[str]] = {}
-    for seg, doc, carrier in zip(segments, docs, carriers):
+    for seg, seg_phrases, carrier in zip(segments, phrases, carriers):
         shift = len(carrier)
-        begin = next((t.i for t in doc if t.idx >= shift), len(doc))
-        for name, lemma, definite, c0, c1 in _phrases(doc, begin, cfg.max_object_words):
+        for name, lemma, definite, c0, c1 in seg_phrases:
             if _is_background(name, background):
                 continue
             if seg.item is not None and not seg.is_head and lemma in item_heads.get(seg.item, ()):
@@ -466,6 +467,11 @@ def object_mentions(text: str, cfg: VlmConfig | None = None) -> list[ObjectMenti
             if len(out) >= cfg.max_objects:
                 return out
     return out
+
+
+def _first_token_at(doc: Any, char: int) -> int:
+    """Index of the first token of ``doc`` at or after character ``char`` (past a carrier)."""
+    return next((t.i for t in doc if t.idx >= char), len(doc))
 
 
 def _carrier(seg: _Segment) -> str:
