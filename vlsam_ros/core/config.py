@@ -112,6 +112,20 @@ DEFAULT_QUESTION = (
     "Answer with a comma-separated list of object names."
 )
 
+# Words that are never object names in a driving answer: ground surfaces and road paint,
+# terrain and sky, weather and light, traffic as a whole, and the camera's own vehicle. Canonical
+# (lower-case, singular) forms; a name is background when it ends with one of them
+# ("wet road", "bike lane"), so "road sign" or "traffic cone" are still objects.
+DEFAULT_BACKGROUND_WORDS = (
+    "road", "street", "highway", "freeway", "motorway", "roadway", "road surface",
+    "street surface", "asphalt", "pavement", "lane", "lane marking", "road marking",
+    "crosswalk", "intersection", "junction", "exit", "shoulder", "median", "curb", "sidewalk",
+    "driveway", "parking lot", "ground", "grass", "field", "pasture", "meadow", "terrain",
+    "hill", "hillside", "mountain", "vegetation", "sky", "cloud", "horizon", "weather", "rain",
+    "fog", "snow", "daylight", "sunlight", "shadow", "shade", "traffic", "ego vehicle",
+    "dashboard", "windshield",
+)
+
 # Hand-written rephrasings of the listing question (question ensemble, method.md section 5).
 DEFAULT_ENSEMBLE_QUESTIONS = (
     "List all the objects you can see in this image, separated by commas.",
@@ -172,6 +186,11 @@ class VlmConfig(_Section):
                                    range=(1, 16), runtime=True)
     max_objects: int = _field(16, "Most object names kept per answer (first ones win).",
                               range=(1, 256), runtime=True)
+    background_words: tuple[str, ...] = _field(DEFAULT_BACKGROUND_WORDS,
+                                               "Never object names: a name ending with one of "
+                                               "these lower-case singular words is dropped "
+                                               "(ground, road paint, sky, weather, traffic, the "
+                                               "ego vehicle).", runtime=True)
     local_files_only: bool = _field(True, "Never reach the Hugging Face hub; load from disk "
                                     "or the local cache only.")
     image_fit: str = _field(

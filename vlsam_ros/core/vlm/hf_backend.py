@@ -278,8 +278,7 @@ class HuggingFaceVlm:
                 raise AttentionUnavailableError("prompts must be left-padded")
             text_ids, fed = self._until_eos(sequences[b, padded_len:].tolist())
             text, spans = token_char_spans(self.tokenizer, text_ids)
-            objects = parse_object_names(text, spans, max_object_words=vlm_cfg.max_object_words,
-                                         max_objects=vlm_cfg.max_objects)
+            objects = parse_object_names(text, spans, cfg=vlm_cfg)
             rows = tuple(tuple(prompt_len + t - 1 for t in range(*o.token_span)) for o in objects)
             samples.append(_Sample(pad=pad, prompt_len=prompt_len,
                                    seq_len=prompt_len + max(fed, 1) - 1, text=text,
