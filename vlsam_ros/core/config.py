@@ -157,6 +157,11 @@ class VlmConfig(_Section):
                                    range=(1, 16), runtime=True)
     max_objects: int = _field(16, "Most object names kept per answer (first ones win).",
                               range=(1, 256), runtime=True)
+    share_image_prefix: bool = _field(True, "Encode each distinct image once per batch and "
+                                      "prefill its prompt prefix (up to and including the "
+                                      "image tokens) once, shared by all questions on it; "
+                                      "same text and maps as False (every image-question "
+                                      "pair run in full) up to float rounding.", runtime=True)
     local_files_only: bool = _field(True, "Never reach the Hugging Face hub; load from disk "
                                     "or the local cache only.")
 
