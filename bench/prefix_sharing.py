@@ -15,8 +15,9 @@ Both run interleaved ``--repeats`` times in one process after a warm-up; the min
 variant is reported (least disturbed by other load on a shared machine). A forward hook on
 the vision tower counts its calls and the images it encodes per describe(). The processor
 (``_inputs``: tokenising and image preprocessing, still per row in both paths) is timed on
-its own. The outputs of the two paths are compared (text, maximum map difference). The
-last printed line is JSON.
+its own. The outputs of the two paths are compared (text, maximum map difference), and the
+attention capture's peak bytes for all rows / for one prompt are reported per path
+(``capture_memory_batch_ratio``). The last printed line is JSON.
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ def main(argv=None) -> int:
             run(name)
             times[name].append(time.perf_counter() - t0)
     counter.take()
+    one_prompt_peaks = {}
+    for name, cfg in cfgs.items():               # capture peak of one prompt, for the ratio
+        vlm.describe(images[:1], asked[:1], cfg.vlm, cfg.attention)
+        one_prompt_peaks[name] = vlm.last_capture_peak_bytes
     prompts = [vlm._prompt(q, with_image=True) for q in asked]
     processor_s = []
     for _ in range(args.repeats):
@@ -146,6 +151,8 @@ def main(argv=None) -> int:
         "processor_s": round(min(processor_s), 3),
         "vision_tower": towers,
         "capture_peak_mib": {k: round(v / 2**20, 2) for k, v in peaks.items()},
+        "capture_memory_batch_ratio": {k: round(peaks[k] / one_prompt_peaks[k], 2)
+                                       for k in peaks},
         "same_text_and_objects": same_text,
         "max_map_abs_diff": map_diff,
         "objects": sum(len(a.objects) for a in answers["shared"]),

@@ -10,6 +10,7 @@ the vision tower sees each distinct image once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -172,14 +173,26 @@ def test_sampling_draws_the_same_text(vlm, batch):
     assert [a.text for a in shared] != [a.text for a in greedy]
 
 
-def test_shared_prefix_capture_is_held_once(vlm, batch):
+def test_shared_prefix_capture_is_held_once(vlm, batch, monkeypatch):
     """Ten questions on one image: the shared capture holds the image prefix once, so its
-    peak is below the unshared one (which holds it once per question)."""
+    peak is below the unshared one (which holds it once per question); every byte is
+    released by the end of describe()."""
     images, questions = batch
+    recorders = []
+    real_capturing = hf_backend.capturing
+
+    @contextlib.contextmanager
+    def keep_recorder(*args, **kwargs):
+        with real_capturing(*args, **kwargs) as rec:
+            recorders.append(rec)
+            yield rec
+
+    monkeypatch.setattr(hf_backend, "capturing", keep_recorder)
     peaks = {}
     for share in (False, True):
         _describe(vlm, [images[0]] * 10, questions * 2, share=share)
         peaks[share] = vlm.last_capture_peak_bytes
+        assert recorders[-1].held_bytes == 0
     assert 0 < peaks[True] < peaks[False]
 
 

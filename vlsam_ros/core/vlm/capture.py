@@ -81,6 +81,7 @@ class RowCapture:
     probs: list[list[torch.Tensor]]
     scaling: list[float]
     prefix: PrefixCapture | None = None
+    joined_bytes: int = 0   # transient prefix + own copies made by AttentionRecorder.sequence
 
     def nbytes(self) -> int:
         """Bytes of the row's own tensors (the shared prefix is not counted)."""
@@ -253,10 +254,21 @@ class AttentionRecorder:
             del chunks, key, prob_chunks
         return rows
 
+    def sequence(self, row: RowCapture, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``row.sequence(n)``, accounting the transient copy that joins a shared prefix to
+        the row's own positions (held until ``release(row)``)."""
+        queries, keys = row.sequence(n)
+        if row.prefix is not None:
+            joined = sum(_nbytes(t) for t in (*queries, *keys))
+            row.joined_bytes += joined
+            self._account(joined)
+        return queries, keys
+
     def release(self, row: RowCapture) -> None:
         """Accounts for a row whose tensors the caller is about to drop; frees the row's
         shared prefix with its last user."""
-        self._account(-row.nbytes())
+        self._account(-row.nbytes() - row.joined_bytes)
+        row.joined_bytes = 0
         row.queries.clear()
         row.keys.clear()
         row.probs.clear()

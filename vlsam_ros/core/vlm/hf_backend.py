@@ -141,7 +141,7 @@ class HuggingFaceVlm:
             valid_ids = inputs["input_ids"][b, sample.pad:].tolist()
             layout = self.image_layout(valid_ids, hw, inputs, b)
             if sample.objects:
-                flow = self._object_rows(rows[b], sample, layout, attn_cfg)
+                flow = self._object_rows(rows[b], sample, layout, attn_cfg, rec)
                 maps = torch.stack([attn.object_map(r, layout.grid_index, hw, layout.box_xyxy)
                                     for r in flow]).numpy().astype(np.float32)
             else:
@@ -295,8 +295,9 @@ class HuggingFaceVlm:
         return samples
 
     def _object_rows(self, row: RowCapture, sample: _Sample, layout: layouts.ImageLayout,
-                     cfg: AttentionConfig) -> torch.Tensor:
-        """(M, N) object rows of the flow for one batch row's capture (fast or reference)."""
+                     cfg: AttentionConfig, rec: AttentionRecorder) -> torch.Tensor:
+        """(M, N) object rows of the flow for one batch row's capture (fast or reference);
+        ``rec`` accounts the memory the row's capture takes meanwhile."""
         n = sample.seq_len
         if not row.scaling:
             raise AttentionUnavailableError("no attention was captured during generate")
@@ -310,7 +311,7 @@ class HuggingFaceVlm:
             probs = [row.full_probs(layer, n) for layer in range(len(row.probs))]
             return attn.reference_object_rows(probs, list(sample.rows), image_key_mask=key_mask,
                                               **common)
-        queries, keys = row.sequence(n)
+        queries, keys = rec.sequence(row, n)
         selector = attn.row_selector(list(sample.rows), n, dtype=torch.float64,
                                      device=queries[0].device)
         return attn.object_flow_rows(queries, keys, selector, row.scaling,
