@@ -120,7 +120,8 @@ def _nbytes(t: torch.Tensor) -> int:
 
 @dataclass
 class AttentionRecorder:
-    """What one ``generate`` call left behind, per language-model layer.
+    """What one ``generate`` call left behind, per language-model layer (with prefix
+    sharing, each batch-1 prefix prefill before it is moved out by ``take_prefix`` first).
 
     ``queries[l]``: list of (B, H, q_t, d) tensors, one per forward call, in order.
     ``keys[l]``: the last (B, KV, k, d) key tensor seen (all positions so far).
