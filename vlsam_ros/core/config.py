@@ -191,6 +191,11 @@ class VlmConfig(_Section):
                                                "these lower-case singular words is dropped "
                                                "(ground, road paint, sky, weather, traffic, the "
                                                "ego vehicle).", runtime=True)
+    share_image_prefix: bool = _field(True, "Encode each distinct image once per batch and "
+                                      "prefill its prompt prefix (up to and including the "
+                                      "image tokens) once, shared by all questions on it; "
+                                      "same text and maps as False (every image-question "
+                                      "pair run in full) up to float rounding.", runtime=True)
     local_files_only: bool = _field(True, "Never reach the Hugging Face hub; load from disk "
                                     "or the local cache only.")
     image_fit: str = _field(
