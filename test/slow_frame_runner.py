@@ -54,4 +54,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vlsam_ros.spin import exit_process
+
+    exit_process(main())  # as the vlsam-node-runner command does (console_main)

@@ -146,7 +146,8 @@ def test_regularisation_prevents_collapse_to_the_first_image_tokens(vlm):
         assert answer.objects
         mean_map = answer.attention_maps.mean(axis=0)
         peak = np.unravel_index(int(mean_map.argmax()), mean_map.shape)
-        first_row[regularize] = _cell_of(peak, layout)[0] == 0
+        # the first grid row inside the frame (row 0, unless pad-to-square puts it in padding)
+        first_row[regularize] = _cell_of(peak, layout)[0] == _cell_of((0, 0), layout)[0]
         ys = np.arange(mean_map.shape[0])[:, None]
         centroid_y = float((mean_map * ys).sum() / mean_map.sum())
         if regularize:
@@ -154,3 +155,41 @@ def test_regularisation_prevents_collapse_to_the_first_image_tokens(vlm):
         else:
             assert centroid_y < mean_map.shape[0] / 2
     assert first_row == {False: True, True: False}
+
+
+def test_batched_rows_equal_single_rows(vlm):
+    """Cutting the batched capture into rows (split_rows) gives each row the maps it gets
+    when it is the only prompt (left padding included)."""
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (50, 80, 3), dtype=np.uint8),
+              rng.integers(0, 256, (70, 40, 3), dtype=np.uint8)]
+    questions = [QUESTION, "List all objects."]
+    cfg = _cfg()
+    batched = vlm.describe(images, questions, cfg.vlm, cfg.attention)
+    for image, question, together in zip(images, questions, batched):
+        alone = vlm.describe([image], [question], cfg.vlm, cfg.attention)[0]
+        assert alone.text == together.text and alone.objects == together.objects
+        np.testing.assert_allclose(alone.attention_maps, together.attention_maps, atol=1e-4)
+
+
+@pytest.mark.parametrize("capture", ["fast", "reference"])
+def test_capture_memory_grows_linearly_with_the_prompts(vlm, capture):
+    """Peak capture bytes for 10 prompts / for 1 prompt stays <= 11 (linear: the capture is
+    copied once into rows, never once per row). Each row's capture is released after its
+    maps, so nothing is held after describe()."""
+    image = np.random.default_rng(3).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    cfg = _cfg(capture=capture)
+    peaks = {}
+    for n in (1, 10):
+        vlm.describe([image] * n, [QUESTION] * n, cfg.vlm, cfg.attention)
+        peaks[n] = vlm.last_capture_peak_bytes
+    assert peaks[1] > 0
+    assert peaks[10] / peaks[1] <= 11.0
+
+
+def test_reference_capture_refuses_what_it_cannot_hold(vlm):
+    image = np.zeros((60, 90, 3), np.uint8)
+    cfg = _cfg(capture="reference", reference_max_gib=1e-6)
+    with pytest.raises(hf_backend.AttentionUnavailableError,
+                       match=r"GiB of attention .* attention.reference_max_gib=1e-06"):
+        vlm.describe([image], [QUESTION], cfg.vlm, cfg.attention)

@@ -86,6 +86,7 @@ CASES = [
     ("vlsam-node-runner", ["--params-file", "{in}"], 2, "not a file"),
     ("vlsam-node-runner", ["--params-file", "{in}/bad.yaml"], 2, "bad.yaml: not valid YAML"),
     ("vlsam-node-runner", ["--bogus"], 2, "unrecognized arguments: --bogus"),
+    ("vlsam-node-runner", ["--profile", "nope"], 2, "unknown profile 'nope'"),
     ("vlsam-node-runner", ["TINY", "sam.checkpoint={in}/garbage_sam.pt"], 1,
      "garbage_sam.pt' (sam.checkpoint) is not a PyTorch checkpoint"),
     ("vlsam-node-runner", ["TINY", "sam.type=vit_b"], 1,
@@ -136,6 +137,8 @@ CASES = [
     ("vlsam-replay-bag", ["{in}/bag", "{out}/o", "--config", "{in}/missing.yaml"], 2,
      "missing.yaml: file not found"),
     ("vlsam-replay-bag", ["{in}/bag", "{out}/o", "--timing", "fast"], 2, "invalid choice"),
+    ("vlsam-replay-bag", ["{in}/bag", "{out}/o", "--profile", "nope"], 2,
+     "unknown profile 'nope'"),
     ("vlsam-replay-bag", ["{in}/bag", "{out}/o", "TINY", "sam.type=vit_b"], 2,
      "holds vit_t weights"),
     # --- vlsam-evaluate

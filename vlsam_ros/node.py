@@ -592,12 +592,19 @@ class VlsamNode(LifecycleNode):
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point for ``ros2 run vlsam_ros vlsam-node`` / the launch file: starts the node
     unconfigured; a lifecycle manager (the launch file) configures and activates it."""
-    from vlsam_ros.spin import exit_process, spin_until_shutdown
+    from vlsam_ros.spin import spin_until_shutdown
 
     from vlsam_ros.ros_logging import route_python_logging
 
     rclpy.init(args=args, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = VlsamNode()
     route_python_logging(node.get_logger())  # core + library logs into the ROS log, no bars
-    exit_process(spin_until_shutdown(node, activate=False))
-    return 0  # not reached: exit_process ends the process
+    return spin_until_shutdown(node, activate=False)
+
+
+def console_main() -> None:
+    """The ``vlsam-node`` command (launch file, ``ros2 run``): ``main``, then the process
+    ends at once with its code (``spin.exit_process``)."""
+    from vlsam_ros.spin import exit_process
+
+    exit_process(main())

@@ -22,6 +22,8 @@ This module has no ROS import.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -118,6 +120,20 @@ DEFAULT_QUESTION = (
     "Answer with a comma-separated list of object names."
 )
 
+# Words that are never object names in a driving answer: ground surfaces and road paint,
+# terrain and sky, weather and light, traffic as a whole, and the camera's own vehicle. Canonical
+# (lower-case, singular) forms; a name is background when it ends with one of them
+# ("wet road", "bike lane"), so "road sign" or "traffic cone" are still objects.
+DEFAULT_BACKGROUND_WORDS = (
+    "road", "street", "highway", "freeway", "motorway", "roadway", "road surface",
+    "street surface", "asphalt", "pavement", "lane", "lane marking", "road marking",
+    "crosswalk", "intersection", "junction", "exit", "shoulder", "median", "curb", "sidewalk",
+    "driveway", "parking lot", "ground", "grass", "field", "pasture", "meadow", "terrain",
+    "hill", "hillside", "mountain", "vegetation", "sky", "cloud", "horizon", "weather", "rain",
+    "fog", "snow", "daylight", "sunlight", "shadow", "shade", "traffic", "ego vehicle",
+    "dashboard", "windshield",
+)
+
 # Hand-written rephrasings of the listing question (question ensemble, method.md section 5).
 DEFAULT_ENSEMBLE_QUESTIONS = (
     "List all the objects you can see in this image, separated by commas.",
@@ -136,6 +152,19 @@ DEFAULT_REPHRASE_PROMPT = (
     "same meaning as this question: \"{question}\" Write exactly one question per line, "
     "without numbering or any other text."
 )
+
+
+def parse_grid_pinpoints(text: str) -> tuple[tuple[int, int], ...]:
+    """'336x672,672x336' -> ((336, 672), (672, 336)): (height, width) pixel pairs, the order of
+    LLaVA-NeXT's image_grid_pinpoints. Empty text -> (). Raises ConfigError."""
+    pairs = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise ConfigError(f"llava_next_grid_pinpoints={text!r}: expected comma-separated "
+                              f"HEIGHTxWIDTH pixel sizes such as '336x672,672x336', got {item!r}")
+        pairs.append((int(parts[0]), int(parts[1])))
+    return tuple(pairs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,11 +194,57 @@ class VlmConfig(_Section):
                                    range=(1, 16), runtime=True)
     max_objects: int = _field(16, "Most object names kept per answer (first ones win).",
                               range=(1, 256), runtime=True)
+    background_words: tuple[str, ...] = _field(DEFAULT_BACKGROUND_WORDS,
+                                               "Never object names: a name ending with one of "
+                                               "these lower-case singular words is dropped "
+                                               "(ground, road paint, sky, weather, traffic, the "
+                                               "ego vehicle).", runtime=True)
+    share_image_prefix: bool = _field(True, "Encode each distinct image once per batch and "
+                                      "prefill its prompt prefix (up to and including the "
+                                      "image tokens) once, shared by all questions on it; "
+                                      "same text and maps as False (every image-question "
+                                      "pair run in full) up to float rounding.", runtime=True)
     local_files_only: bool = _field(True, "Never reach the Hugging Face hub (no network "
                                     "access at all); load from disk or the local cache only.")
     hub_timeout_s: float = _field(10.0, "With local_files_only false: how long the hub gets "
                                   "to answer about a hub id that is not cached, and the "
                                   "timeout of each download request.", range=(0.1, 600.0))
+    image_fit: str = _field(
+        "whole", "What the VLM sees of the frame. 'whole': the whole frame whatever its aspect "
+        "ratio (llava: pad to a square with the image-mean colour as LLaVA-1.5 was trained, no "
+        "centre crop; llava_next: anyres; qwen2_vl: dynamic resolution within the pixel range "
+        "below; idefics3: tiles plus a global image, up to the longest edge below). "
+        "'processor': the checkpoint's image processor unchanged, budgets ignored (llava-1.5 "
+        "then centre-crops: 56% of a 1600x900 frame's width, 30% of a 1242x375 one).",
+        choices=("whole", "processor"), runtime=True)
+    qwen_min_pixels: int = _field(
+        0, "qwen2_vl: least pixels of the resized frame (floor over the checkpoint's "
+        "min_pixels); 0 = the checkpoint's (3136 published).", range=(0, 2**31 - 1),
+        runtime=True)
+    qwen_max_pixels: int = _field(
+        1280 * 28 * 28, "qwen2_vl: most pixels of the resized frame, a cap on the checkpoint's "
+        "max_pixels; 0 = the checkpoint's (12845056 published: 1824 image tokens at 1600x900, "
+        "2691 at 1920x1080). Default 1280*28*28 (the model card's upper bound): 1222 tokens "
+        "(26x47) at 1600x900 and 1920x1080, 572 (13x44) at 1242x375.",
+        range=(0, 2**31 - 1), runtime=True)
+    idefics3_longest_edge: int = _field(
+        0, "idefics3/SmolVLM: longest edge the frame is resized to before splitting into "
+        "tiles, a cap on the checkpoint's size.longest_edge; 0 = the checkpoint's (4 tiles: "
+        "1456 Idefics3-8B, 1536 SmolVLM 2.2B, 2048 SmolVLM-256M/500M), i.e. 3x4 tiles + global "
+        "at 1600x900 and 1920x1080 (2197 / 1053 / 832 image tokens), 2x4 + global at 1242x375 "
+        "(1521 / 729 / 576).", range=(0, 4096), runtime=True)
+    llava_next_grid_pinpoints: str = _field(
+        "", "llava_next: anyres grid resolutions 'HxW,HxW,...' in pixels (multiples of the "
+        "336 px tile); empty = the checkpoint's (336x672,672x336,672x672,1008x336,336x1008: "
+        "672x672 at 1600x900 and 1920x1080, 1948 image tokens; 336x1008 at 1242x375, 2182).",
+        runtime=True)
+
+    def _check(self) -> None:
+        parse_grid_pinpoints(self.llava_next_grid_pinpoints)
+        if self.qwen_min_pixels and self.qwen_max_pixels \
+                and self.qwen_min_pixels > self.qwen_max_pixels:
+            raise ConfigError(f"qwen_min_pixels={self.qwen_min_pixels} exceeds "
+                              f"qwen_max_pixels={self.qwen_max_pixels}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +293,12 @@ class AttentionConfig(_Section):
                           choices=("fast", "reference"))
     query_block: int = _field(128, "Query rows processed at once when recomputing attention "
                               "probabilities (memory/speed trade-off).", range=(1, 65536))
+    reference_max_gib: float = _field(4.0, "Largest attention the 'reference' capture may "
+                                      "hold, in GiB: batch x layers x heads x T^2 float32 "
+                                      "probabilities plus one row's full flow (T = prompt + "
+                                      "generated tokens). Bigger requests are refused before "
+                                      "generating (LLaVA-NeXT-7B at T=2030 needs about 34 GB "
+                                      "per prompt).", range=(1e-6, 4096.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -506,14 +587,93 @@ def parameters_from_yaml(path: str | Path, node_name: str = "vlsam") -> dict[str
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                node_name: str = "vlsam") -> VlsamConfig:
-    """Defaults, then the YAML file (if given), then ``overrides`` (dotted keys)."""
+                node_name: str = "vlsam", *, profile: str | Path | None = None) -> VlsamConfig:
+    """Schema defaults, then the YAML file (if given), then the profile overlay (if given,
+    see ``resolve_profile``), then ``overrides`` (dotted keys); validated."""
+    return from_flat(layered_parameters(path, profile, overrides, node_name))
+
+
+# ----------------------------------------------------------------------------------------
+# Profiles: named overlay YAML files (config/profiles/<name>.yaml)
+# ----------------------------------------------------------------------------------------
+
+PACKAGE_NAME = "vlsam_ros"
+PROFILE_SUFFIX = ".yaml"
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def profile_dirs() -> list[Path]:
+    """Existing folders searched for named profiles, in order:
+
+    1. ``config/profiles`` of the source tree holding this package (a checkout or an
+       editable install);
+    2. ``<prefix>/share/vlsam_ros/config/profiles`` of the install prefix holding this
+       module (``<prefix>/lib/pythonX.Y/site-packages/vlsam_ros/core/config.py``, as colcon
+       installs it), then of every prefix in ``AMENT_PREFIX_PATH`` (a sourced ROS 2
+       workspace).
+    """
+    here = Path(__file__).resolve()
+    candidates = [here.parents[2] / "config" / "profiles"]
+    prefixes = [here.parents[5]] if len(here.parents) > 5 else []
+    prefixes += [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    candidates += [p / "share" / PACKAGE_NAME / "config" / "profiles" for p in prefixes]
+    out: list[Path] = []
+    for folder in candidates:
+        if folder.is_dir() and folder not in out:
+            out.append(folder)
+    return out
+
+
+def available_profiles() -> dict[str, Path]:
+    """``{name: file}`` of every named profile; the first folder of ``profile_dirs`` wins."""
+    found: dict[str, Path] = {}
+    for folder in profile_dirs():
+        for file in sorted(folder.glob("*" + PROFILE_SUFFIX)):
+            found.setdefault(file.name[:-len(PROFILE_SUFFIX)], file)
+    return dict(sorted(found.items()))
+
+
+def resolve_profile(profile: str | Path) -> Path:
+    """The YAML file of a profile given by name (``paper`` -> ``.../profiles/paper.yaml``,
+    looked up in ``profile_dirs``) or by path (anything with a ``/`` or a ``.yaml``/``.yml``
+    suffix). Raises ConfigError for a missing file or an unknown name; the latter lists the
+    available profiles."""
+    text = str(profile).strip()
+    if not text:
+        raise ConfigError("profile: empty name")
+    if isinstance(profile, Path) or "/" in text or os.sep in text \
+            or text.endswith((".yaml", ".yml")):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"profile file not found: {path}")
+        return path
+    if not _PROFILE_NAME.match(text):
+        raise ConfigError(f"profile {text!r}: a name is letters, digits, '_' and '-', or "
+                          "give the path of a profile YAML")
+    available = available_profiles()
+    if text in available:
+        return available[text]
+    searched = ", ".join(str(d) for d in profile_dirs()) or "no profile folder found"
+    raise ConfigError(f"unknown profile {text!r}: available profiles are "
+                      f"{', '.join(available) or 'none'} (searched {searched}); or give the "
+                      "path of a profile YAML")
+
+
+def layered_parameters(path: str | Path | None = None, profile: str | Path | None = None,
+                       overrides: Mapping[str, Any] | None = None,
+                       node_name: str = "vlsam") -> dict[str, Any]:
+    """Dotted parameters in the one layering order of every tool, not yet validated:
+    the params file ``path`` (if given), then the profile overlay (if given), then
+    ``overrides`` (e.g. ``--set`` flags); schema defaults fill the rest in ``from_flat``.
+    Profile files use the ROS parameter-file layout (``/**`` or the node's entry)."""
     flat: dict[str, Any] = {}
     if path is not None:
         flat.update(parameters_from_yaml(path, node_name))
+    if profile is not None:
+        flat.update(parameters_from_yaml(resolve_profile(profile), node_name))
     if overrides:
         flat.update(overrides)
-    return from_flat(flat)
+    return flat
 
 
 def parse_set_flags(items: list[str] | None) -> dict[str, Any]:

@@ -10,6 +10,11 @@ class ModelNotFoundError(VlsamError):
     where to put it; nothing is downloaded and nothing falls back to other weights."""
 
 
+class SpacyModelNotFoundError(ModelNotFoundError):
+    """The spaCy English pipeline that extracts object names from the VLM's answer is not
+    installed, or is not the pinned version. The message says what to ``pip install``."""
+
+
 class InvalidImageError(VlsamError):
     """An input image is malformed: wrong shape, dtype, size or encoding."""
 

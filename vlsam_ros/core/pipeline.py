@@ -10,9 +10,11 @@ Per frame:
    (``refinement.segment_objects``: one decoder call per round for all of them);
 5. tile masks touching a tile edge inside the image are dropped
    (``ensemble.drop_cut_tile_masks``: cut objects; the full view segments them whole);
-6. merging: mask-IoU NMS within each view, then across views in the full frame (two stages
-   only to keep masks compact; both use ``ensemble.nms_iou``). The kept detection keeps its
-   label; the labels it absorbed become ``alt_labels``. Then ``ensemble.min_score`` and the
+6. merging: ONE mask-IoU NMS (``ensemble.nms_iou``) over every candidate of every view and
+   question, in full-frame coordinates, as the paper does. (NMS within each view first and
+   then across views would lose a candidate suppressed in its view by one that a better
+   candidate of another view removes later.) The kept detection keeps its label; the
+   labels it absorbed become ``alt_labels``. Then ``ensemble.min_score`` and the
    ``ensemble.max_detections`` best by score.
 
 Detection score = SAM's predicted IoU x mean normalised attention inside the mask
@@ -157,7 +159,7 @@ class Pipeline:
                                                          stages)))
             t = time.perf_counter()
             decode = DecodeStats()
-            per_view: list[Candidate] = []
+            candidates: list[Candidate] = []       # every view's, in full-frame coordinates
             for i, job in enumerate(jobs):
                 cancellation.check(f"before segmenting view {i + 1} of {len(jobs)}")
                 objects = [ObjectMap(o.name, a.attention_maps[k])
@@ -169,9 +171,8 @@ class Pipeline:
                 if cfg.ensemble.drop_cut_tile_masks:
                     found = [c for c in found
                              if not job.view.touches_inner_edge(rle_box(c.rle), (height, width))]
-                merged = _merge(found, cfg.ensemble.nms_iou)
-                per_view.extend(_to_full_frame(c, job.view, (height, width)) for c in merged)
-            kept = [c for c in _merge(per_view, cfg.ensemble.nms_iou)
+                candidates.extend(_to_full_frame(c, job.view, (height, width)) for c in found)
+            kept = [c for c in _merge(candidates, cfg.ensemble.nms_iou)
                     if c.score >= cfg.ensemble.min_score]
             kept.sort(key=lambda c: -c.score)
             detections = tuple(_to_detection(c) for c in kept[:cfg.ensemble.max_detections])

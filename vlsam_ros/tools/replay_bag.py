@@ -40,7 +40,8 @@ skipped, 130 interrupted (the summary line says what ``OUT_BAG.partial`` holds).
 
 Usage::
 
-    vlsam-replay-bag IN_BAG OUT_BAG [--config config/vlsam.yaml] [--set key=value ...]
+    vlsam-replay-bag IN_BAG OUT_BAG [--config config/vlsam.yaml] [--profile NAME|FILE]
+        [--set key=value ...]
         [--topics /cam_front/image_raw ...] [--overlay] [--storage mcap|sqlite3]
         [--node-name vlsam] [--timing zero|measured] [--on-bad-frame skip|error]
         [--stats stats.json] [--no-progress]
@@ -369,6 +370,9 @@ def build_parser() -> ToolParser:
     parser.add_argument("out_bag", nargs="?", help="output bag folder (must not exist); "
                                                    "required like in_bag")
     parser.add_argument("--config", help="ROS parameter YAML (e.g. config/vlsam.yaml)")
+    parser.add_argument("--profile", metavar="NAME|FILE",
+                        help="profile overlay after --config, before --set: a name from "
+                             "config/profiles (paper, edge, cpu) or a YAML path")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config value, e.g. --set device=cpu (repeatable)")
     parser.add_argument("--topics", nargs="+", help="camera topics (default: cameras from "
@@ -402,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         if args.config is not None:
             check_input(Path(args.config), "--config", folder=False)
-        cfg = load_config(args.config, parse_set_flags(args.set))
+        cfg = load_config(args.config, parse_set_flags(args.set), profile=args.profile)
         if args.print_config:
             print(config_text(cfg, args.node_name, "vlsam-replay-bag"), end="")
             return EXIT_OK

@@ -1,13 +1,16 @@
 """Runs the vlsam node from a ROS 2 parameter file, without ``ros2 launch``.
 
-    vlsam-node-runner --params-file config/vlsam.yaml [--set key=value ...]
+    vlsam-node-runner --params-file config/vlsam.yaml [--profile NAME|FILE]
+        [--set key=value ...]
 
-Reads the same YAML the launch file passes (``<node>: ros__parameters: ...``), applies the
-``--set`` overrides (dotted schema keys, e.g. ``--set prompts.threshold=0.4``), validates
-everything against the config schema before starting, then configures and activates the node
-itself and serves until SIGINT/SIGTERM, when it deactivates, frees the models and exits 0.
-Exits 1 when the node cannot be configured or activated (e.g. missing weights: the log says
-which file is missing), 2 on an invalid configuration (one line, before ROS starts).
+Reads the same YAML the launch file passes (``<node>: ros__parameters: ...``), then the
+profile overlay (``--profile paper``: ``config/profiles/paper.yaml``; the launch file's
+``profile:=``), then the ``--set`` overrides (dotted schema keys, e.g.
+``--set prompts.threshold=0.4``), validates everything against the config schema before
+starting, then configures and activates the node itself and serves until SIGINT/SIGTERM,
+when it deactivates, frees the models and exits 0. Exits 1 when the node cannot be
+configured or activated (e.g. missing weights: the log says which file is missing), 2 on an
+invalid configuration (including an unknown profile; one line, before ROS starts).
 ``--print-config`` prints the effective configuration, ``--list-keys`` every key.
 """
 
@@ -18,8 +21,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsam_ros.core.config import ConfigError, from_flat, parameters_from_yaml, parse_set_flags
+from vlsam_ros.core.config import ConfigError, from_flat, layered_parameters, parse_set_flags
 from vlsam_ros.tools.cli import EXIT_OK, ToolError, ToolParser, check_input, run_tool
+from vlsam_ros.spin import exit_process
 from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text
 
 DEFAULT_NODE_NAME = "vlsam"
@@ -40,6 +44,9 @@ def build_parser() -> ToolParser:
     parser.add_argument("--params-file", type=Path, default=None,
                         help="ROS 2 parameter YAML (as for ros2 launch); schema defaults if "
                              "omitted")
+    parser.add_argument("--profile", default=None, metavar="NAME|FILE",
+                        help="profile overlay applied after --params-file and before --set: "
+                             "a name from config/profiles (paper, edge, cpu) or a YAML path")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override one parameter (repeatable), e.g. "
                         "--set device=cpu --set cameras=[/cam/image_raw]")
@@ -64,9 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def load() -> int:
         if args.params_file is not None:
             check_input(args.params_file, "--params-file", folder=False)
-        flat = (parameters_from_yaml(args.params_file, args.node_name)
-                if args.params_file is not None else {})
-        flat.update(parse_set_flags(args.overrides))
+        flat = layered_parameters(args.params_file, args.profile,
+                                  parse_set_flags(args.overrides), args.node_name)
         schema_values, ros_values = split_ros_parameters(flat)
         try:
             loaded.append((from_flat(schema_values), ros_values))
@@ -95,7 +101,7 @@ def _serve(args: argparse.Namespace, cfg: Any, ros_values: dict[str, Any]) -> in
 
     from vlsam_ros.node import VlsamNode
     from vlsam_ros.parameters import parameter_overrides
-    from vlsam_ros.spin import exit_process, spin_until_shutdown
+    from vlsam_ros.spin import spin_until_shutdown
 
     from vlsam_ros.ros_logging import route_python_logging
 
@@ -104,11 +110,17 @@ def _serve(args: argparse.Namespace, cfg: Any, ros_values: dict[str, Any]) -> in
                      parameter_overrides=parameter_overrides(cfg, extra=ros_values))
     route_python_logging(node.get_logger())  # core + library logs into the ROS log, no bars
     node.get_logger().info(f"pid {os.getpid()}: starting with "
-                           f"{args.params_file or 'schema defaults'}; overrides: "
+                           f"{args.params_file or 'schema defaults'}; profile: "
+                           f"{args.profile or 'none'}; overrides: "
                            f"{args.overrides or 'none'}")
-    exit_process(spin_until_shutdown(node, activate=True))
-    return EXIT_OK  # not reached: exit_process ends the process
+    return spin_until_shutdown(node, activate=True)
+
+
+def console_main() -> None:
+    """The ``vlsam-node-runner`` command: ``main``, then the process ends at once with its
+    code (``spin.exit_process``: no slow interpreter teardown after the node is down)."""
+    exit_process(main())
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()
