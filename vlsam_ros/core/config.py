@@ -30,6 +30,8 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from vlsam_ros.core.topic_names import topic_name_problem
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
@@ -99,7 +101,13 @@ def _coerce(name: str, value: Any, expected: Any) -> Any:
         return value
     if typing.get_origin(expected) is tuple:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [value]
+            try:
+                value = yaml.safe_load(value) if value.strip().startswith("[") else [value]
+            except yaml.YAMLError as exc:
+                problem = str(getattr(exc, "problem", "") or exc).splitlines()[0]
+                raise ConfigError(f"{name}={value!r}: not a valid list ({problem}); write "
+                                  "it as [a, b] (quote the whole --set argument in a shell)"
+                                  ) from None
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name}={value!r}: expected a list of strings")
         return tuple(value)
@@ -167,7 +175,7 @@ class VlmConfig(_Section):
                          choices=("llava", "llava_next", "qwen2_vl", "idefics3"))
     model: str = _field("llava-hf/llava-1.5-7b-hf",
                         "Local folder or Hugging Face hub id of the VLM weights. Hub ids "
-                        "must already be in the local cache: nothing is downloaded at run time.")
+                        "must already be in the local cache unless local_files_only is false.")
     dtype: str = _field("float16", "Torch dtype of the VLM weights.",
                         choices=("float32", "float16", "bfloat16"))
     max_new_tokens: int = _field(64, "Maximum number of generated tokens per question.",
@@ -196,8 +204,11 @@ class VlmConfig(_Section):
                                       "image tokens) once, shared by all questions on it; "
                                       "same text and maps as False (every image-question "
                                       "pair run in full) up to float rounding.", runtime=True)
-    local_files_only: bool = _field(True, "Never reach the Hugging Face hub; load from disk "
-                                    "or the local cache only.")
+    local_files_only: bool = _field(True, "Never reach the Hugging Face hub (no network "
+                                    "access at all); load from disk or the local cache only.")
+    hub_timeout_s: float = _field(10.0, "With local_files_only false: how long the hub gets "
+                                  "to answer about a hub id that is not cached, and the "
+                                  "timeout of each download request.", range=(0.1, 600.0))
     image_fit: str = _field(
         "whole", "What the VLM sees of the frame. 'whole': the whole frame whatever its aspect "
         "ratio (llava: pad to a square with the image-mean colour as LLaVA-1.5 was trained, no "
@@ -379,6 +390,9 @@ class NodeConfig(_Section):
                                          range=(0.05, 60.0))
     log_throttle_s: float = _field(5.0, "Minimum interval between repeated warnings.",
                                    range=(0.0, 3600.0))
+    rate_log_period_s: float = _field(60.0, "Period of the log line with each camera's "
+                                      "input and processed rates and drop counts; 0 turns "
+                                      "it off.", range=(0.0, 86400.0))
     malloc_arena_max: int = _field(2, "Linux/glibc: most malloc arenas of the node's process, "
                                    "set on configure (0 keeps glibc's 8 per core). Few arenas "
                                    "keep resident memory flat while frames arrive on several "
@@ -414,6 +428,12 @@ class NodeConfig(_Section):
     vision_msgs: str = _field("auto", "Publish ~/detections_2d (vision_msgs/Detection2DArray): "
                               "'auto' when vision_msgs is importable, 'on' requires it (error if "
                               "missing), 'off' never.", choices=("auto", "on", "off"))
+    stop_timeout_s: float = _field(1.0, "On deactivate/shutdown, how long the frame in "
+                                   "progress gets to reach its next safe point (between "
+                                   "generated tokens, encoder blocks or decoder calls) and "
+                                   "stop; at shutdown a frame still running after that is "
+                                   "abandoned so the process exits in time.",
+                                   range=(0.0, 3600.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,6 +455,10 @@ class VlsamConfig(_Section):
     def _check(self) -> None:
         if not self.cameras:
             raise ConfigError("cameras: at least one image topic is required")
+        for topic in self.cameras:
+            problem = topic_name_problem(topic)
+            if problem is not None:
+                raise ConfigError(f"cameras: {topic!r} is not a valid ROS topic name: {problem}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
 

@@ -25,3 +25,9 @@ class AttentionUnavailableError(VlsamError):
 
 class DeviceUnavailableError(VlsamError):
     """The configured torch device does not exist on this machine."""
+
+
+class ModelLoadError(VlsamError):
+    """Weights named in the configuration exist but cannot be used (not a checkpoint, or a
+    checkpoint of another model type). The message names the file, the config key and what
+    to do."""

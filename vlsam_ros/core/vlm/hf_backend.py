@@ -39,7 +39,7 @@ from vlsam_ros.core.config import AttentionConfig, VlmConfig
 from vlsam_ros.core.errors import (AttentionUnavailableError, InvalidImageError,
                                    ModelNotFoundError)
 from vlsam_ros.core.results import ObjectName, VlmAnswer
-from vlsam_ros.core.vlm import layouts, prefix_sharing
+from vlsam_ros.core.vlm import layouts, prefix_sharing, stopping
 from vlsam_ros.core.vlm.capture import (AttentionRecorder, QKHook, RowCapture,
                                         attention_modules, capturing)
 from vlsam_ros.core.vlm.image_fit import ImageFit, fit_processor
@@ -304,10 +304,13 @@ class HuggingFaceVlm:
             gen_kwargs.update(temperature=vlm_cfg.temperature, top_p=vlm_cfg.top_p)
         else:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        gen_kwargs.update(stopping.generation_stop_kwargs())  # cancellation (safe point)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.inference_mode(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(vlm_cfg.seed)
-            return self.model.generate(**inputs, **gen_kwargs)
+            sequences = self.model.generate(**inputs, **gen_kwargs)
+        stopping.raise_if_generation_cancelled(gen_kwargs)
+        return sequences
 
     def _samples(self, inputs: dict, sequences: torch.Tensor, vlm_cfg: VlmConfig) -> list[_Sample]:
         mask = inputs["attention_mask"]
