@@ -108,6 +108,9 @@ def main(argv=None) -> int:
     parser.add_argument("--views", type=int, default=5, choices=(1, 5),
                         help="paper run: 5 = full frame + 4 tiles (paper), 1 = tiles off")
     parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="paper shared/unshared frames, interleaved; the run with the "
+                             "smallest VLM stage is kept (least disturbed by other load)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every run (e.g. "
                              "vlm.idefics3_longest_edge=1024)")
@@ -159,8 +162,12 @@ def main(argv=None) -> int:
                 "detections": len(result.detections)}
 
     run(default_cfg)                                   # warm-up (allocations, kernels)
-    runs = {"default": run(default_cfg), "paper_shared": run(paper[True]),
-            "paper_unshared": run(paper[False])}
+    runs = {"default": run(default_cfg)}
+    for _ in range(args.repeats):
+        for name, share in (("paper_shared", True), ("paper_unshared", False)):
+            r = run(paper[share])
+            if name not in runs or r["stage_ms"]["vlm"] < runs[name]["stage_ms"]["vlm"]:
+                runs[name] = r
 
     # Attention-capture memory: 10 prompts vs 1 prompt in one describe() of the full frame.
     cap_cfg = paper[True]
@@ -181,6 +188,7 @@ def main(argv=None) -> int:
         "checkpoint": args.checkpoint, "params_m": round(params / 1e6, 1),
         "sam": args.sam, "device": args.device, "dtype": args.dtype,
         "torch_threads": torch.get_num_threads(), "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
         "paper_reductions": {"questions": args.questions, "views": args.views,
                              "full_paper": args.questions == 10 and args.views == 5,
                              "question_source": "config (hand-written, not generated)"},
