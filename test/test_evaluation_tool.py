@@ -107,7 +107,7 @@ def test_cli_errors(demo, tmp_path, capsys):
     # the input bag has images, no DetectionArray topic
     assert ev_tool.main(["--gt", str(ds.annotation_path), "--bag", str(bag), "--out",
                          str(tmp_path / "e")]) == 2
-    assert "0 DetectionArray topics" in capsys.readouterr().err
+    assert "no DetectionArray topic" in capsys.readouterr().err
     assert ev_tool.main(["--gt", str(tmp_path / "nope.json"), "--detections",
                          str(tmp_path / "d.json"), "--out", str(tmp_path / "e")]) == 2
     assert "nope.json: file not found" in capsys.readouterr().err

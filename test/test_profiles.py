@@ -243,6 +243,10 @@ def test_replay_bag_takes_the_profile(tmp_path, monkeypatch, capsys):
         raise VlsamError("stop here: models are not needed for this test")
 
     monkeypatch.setattr(pipeline, "build_pipeline", fake_build)
+    # A real input bag: replay checks bag, topics and output before it loads any model.
+    from test_replay import write_image_bag
+
+    write_image_bag(tmp_path / "in", 1)
     args = [str(tmp_path / "in"), str(tmp_path / "out"), "--config", str(DEFAULT_PARAMS),
             "--profile", "edge", "--set", "ensemble.num_questions=2"]
     assert rb.main(args) == rb.EXIT_ERROR

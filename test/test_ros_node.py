@@ -444,7 +444,7 @@ class OomOncePipeline:
         self.cfg = cfg
         self.calls = 0
 
-    def run(self, image):
+    def run(self, image, cancel=None):
         import torch
 
         from vlsam_ros.core.results import FrameResult

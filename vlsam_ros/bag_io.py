@@ -17,11 +17,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import sqlite3
+import struct
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+
+LOG = logging.getLogger(__name__)
 
 FRAME_INDEX_KEY = "vlsam_ros.frame_index"
 STORAGES = ("mcap", "sqlite3")
@@ -124,7 +128,11 @@ def _read_errors() -> tuple[type[BaseException], ...]:
 
 @contextlib.contextmanager
 def open_reader(path: str | Path) -> Iterator[Any]:
-    """An opened rosbags rosbag2 Reader; damaged or missing bags raise BagError."""
+    """An opened rosbags rosbag2 Reader; damaged or missing bags raise BagError.
+
+    An mcap bag cut short (what a crashed recorder leaves) is not an error: the reader is
+    then a ``mcap_salvage.SalvagedMcap`` over its complete messages (it has a ``report``
+    saying how many could not be read), and a warning is logged."""
     from rosbags.rosbag2 import Reader
 
     path = Path(path)
@@ -134,15 +142,36 @@ def open_reader(path: str | Path) -> Iterator[Any]:
         reader = Reader(path)
         reader.open()
     except _read_errors() as exc:
-        raise BagError(f"{path}: cannot open the bag (truncated or corrupt?): "
-                       f"{type(exc).__name__}: {exc}") from None
+        failure = BagError(f"{path}: cannot open the bag (truncated or corrupt?): "
+                           f"{type(exc).__name__}: {exc}")
+        reader = _salvage(path, failure)
     except (FileNotFoundError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise BagError(f"{path}: not a readable rosbag2 bag: {type(exc).__name__}: {exc}"
-                       ) from None
+        failure = BagError(f"{path}: not a readable rosbag2 bag: {type(exc).__name__}: {exc}")
+        reader = _salvage(path, failure)
     try:
         yield reader
     finally:
         reader.close()
+
+
+def _salvage(path: Path, failure: BagError) -> Any:
+    """For an mcap bag rosbags cannot open (cut short: no summary or footer, or no
+    metadata.yaml after a crash): a ``mcap_salvage.SalvagedMcap`` over its complete
+    messages, with a warning saying how many could not be read. Raises ``failure`` when
+    there is no mcap file or nothing in it can be read."""
+    from vlsam_ros.mcap_salvage import SalvageError, SalvagedMcap, expected_counts, mcap_files
+
+    files = mcap_files(path)
+    if not files:
+        raise failure from None
+    try:
+        salvaged = SalvagedMcap(files, expected_counts(path))
+    except (SalvageError, OSError, ValueError, struct.error, UnicodeDecodeError):
+        raise failure from None
+    if not salvaged.connections:
+        raise failure from None
+    LOG.warning("%s; reading the complete messages before the cut", salvaged.report.describe())
+    return salvaged
 
 
 def iter_messages(reader: Any, connections: list[Any], bag: str | Path,

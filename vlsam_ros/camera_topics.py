@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from vlsam_ros.core.config import ConfigError
+from vlsam_ros.core.topic_names import topic_name_problem
 
 COMPRESSED_SUFFIX = "/compressed"
 OUTPUTS = ("detections", "overlay", "markers", "detections_2d")
@@ -38,9 +39,10 @@ class CameraTopics:
 
 def camera_topics(topic: str, node_name: str, node_namespace: str = "/") -> CameraTopics:
     """Resolves one entry of the ``cameras`` parameter; raises ConfigError when malformed."""
-    name = topic.strip()
-    if not name or name.endswith("/") or "//" in name or name.startswith("~"):
-        raise ConfigError(f"cameras: {topic!r} is not a valid image topic name")
+    name = topic
+    problem = topic_name_problem(name)
+    if problem is not None:
+        raise ConfigError(f"cameras: {topic!r} is not a valid ROS topic name: {problem}")
     if not name.startswith("/"):
         name = node_namespace.rstrip("/") + "/" + name
     compressed = name.endswith(COMPRESSED_SUFFIX)

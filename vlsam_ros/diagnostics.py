@@ -98,6 +98,7 @@ class CameraReport:
     window: StatsWindow
     received: int
     dropped: int
+    received_in_window: int | None = None  # frames that arrived during the window (None: ?)
 
 
 def _fmt(value: float) -> str:
@@ -107,14 +108,22 @@ def _fmt(value: float) -> str:
 def camera_status(report: CameraReport, *, node_name: str, state: str, device: str,
                   model: str, sam: str, problem: str) -> DiagnosticStatus:
     """One camera's status. Level: ERROR when ``problem`` is set (e.g. models failed to
-    load), WARN when the node is not active or published nothing in the window, else OK."""
+    load); WARN when the node is not active, or when frames arrived in the window but none
+    was processed; OK otherwise. A camera that simply has no (new) frames is OK, its message
+    says so ("no frames received yet" / "no new frame in the last period"): an idle input is
+    not the node's fault."""
     w = report.window
     if problem:
         level, message = DiagnosticStatus.ERROR, problem
     elif state != "active":
         level, message = DiagnosticStatus.WARN, f"node {state}"
+    elif w.published == 0 and report.received == 0:
+        level, message = DiagnosticStatus.OK, "no frames received yet"
+    elif w.published == 0 and report.received_in_window == 0:
+        level, message = DiagnosticStatus.OK, "no new frame in the last period (input idle)"
     elif w.published == 0:
-        level, message = DiagnosticStatus.WARN, "no frame processed in the last period"
+        level, message = DiagnosticStatus.WARN, "frames arrived but none was processed in " \
+                                                "the last period"
     else:
         level, message = DiagnosticStatus.OK, f"{w.published_hz:.2f} Hz"
     values = {
@@ -135,6 +144,34 @@ def camera_status(report: CameraReport, *, node_name: str, state: str, device: s
     return DiagnosticStatus(
         level=level, name=f"{node_name}: {report.topic}", message=message,
         hardware_id=device, values=[KeyValue(key=k, value=v) for k, v in values.items()])
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraCounts:
+    """Cumulative frame counts of one camera at one moment (for the periodic rate line)."""
+
+    received: int = 0
+    published: int = 0
+    dropped: int = 0
+    malformed: int = 0
+    failed: int = 0
+
+
+def rate_line(period_s: float, cameras: list[tuple[str, CameraCounts, CameraCounts]]) -> str:
+    """The node's periodic log line: per camera, the input and output rates and what was
+    dropped or failed since the previous line. ``cameras``: (topic, counts at the previous
+    line, counts now)."""
+    parts = []
+    for topic, before, now in cameras:
+        if now.received == 0:
+            parts.append(f"{topic}: no frames yet")
+            continue
+        got = now.received - before.received
+        done = now.published - before.published
+        parts.append(f"{topic}: in {got / period_s:.2f} Hz, processed {done / period_s:.2f} Hz"
+                     f", dropped stale {now.dropped - before.dropped}, malformed "
+                     f"{now.malformed - before.malformed}, failed {now.failed - before.failed}")
+    return f"last {period_s:.1f} s: " + "; ".join(parts)
 
 
 def diagnostic_array(stamp, statuses: list[DiagnosticStatus]) -> DiagnosticArray:

@@ -12,6 +12,12 @@ Lifecycle:
   when CUDA is in use).
 * cleanup / shutdown: also removes publishers and timers.
 
+Any exception in a transition is logged with its reason (file, key, what to do; a traceback
+only for unexpected errors), undone, and kept in ``problem`` / on ``/diagnostics``; rclpy
+alone would turn it into a silent ERROR. A stop (deactivate, shutdown, SIGINT/SIGTERM
+through ``request_stop``) cancels the frame in progress, which ends at its next safe point
+(``vlsam_ros.core.cancellation``); the log says which frame was dropped where.
+
 Data flow: each camera callback only stores its message in that camera's latest-frame slot
 (``vlsam_ros.latest_frame_slot``). One worker thread takes the newest frame of the next camera
 with a fresh frame (round-robin), decodes it, runs the pipeline and publishes. Topics: see
@@ -26,6 +32,7 @@ is logged with its traceback, counted on ``/diagnostics`` and the frame skipped.
 
 from __future__ import annotations
 
+import functools
 import gc
 import threading
 import time
@@ -43,12 +50,14 @@ from sensor_msgs.msg import CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
 from vlsam_ros.camera_topics import CameraTopics, all_camera_topics
+from vlsam_ros.core.cancellation import CancellationToken, FrameCancelled
 from vlsam_ros.core.config import ConfigError, VlsamConfig
 from vlsam_ros.core.errors import InvalidImageError, VlsamError
 from vlsam_ros.core.results import FrameResult
 from vlsam_ros.detection_messages import (frame_result_to_detection2d_array, frame_result_to_msg,
                                           latency_ms, vision_msgs_enabled)
-from vlsam_ros.diagnostics import CameraReport, CameraStats, camera_status, diagnostic_array
+from vlsam_ros.diagnostics import (CameraCounts, CameraReport, CameraStats, camera_status,
+                                   diagnostic_array, rate_line)
 from vlsam_ros.image_decoding import compressed_to_rgb, image_to_rgb
 from vlsam_ros.latest_frame_slot import FrameSlots, SlotObserver
 from vlsam_ros.msg import DetectionArray
@@ -58,8 +67,13 @@ from vlsam_ros.process_memory import limit_malloc_arenas, trim_free_memory
 from vlsam_ros.visualization import markers_msg, overlay_msg
 
 PipelineFactory = Callable[[VlsamConfig], Any]
-"""``factory(cfg) -> pipeline`` with ``run(image_rgb_uint8) -> FrameResult`` and
-``update_config(cfg)``; ``vlsam_ros.core.pipeline.build_pipeline`` by default."""
+"""``factory(cfg) -> pipeline`` with ``run(image_rgb_uint8, cancel=token) -> FrameResult``
+and ``update_config(cfg)``; ``vlsam_ros.core.pipeline.build_pipeline`` by default. ``run``
+raises ``FrameCancelled`` at its next safe point once ``token`` is cancelled."""
+
+EXPECTED_FAILURES = (VlsamError, ConfigError, OSError, ImportError)
+"""Errors whose message is the whole story (missing or unusable weights, bad values, an
+absent package); anything else is a bug and is logged with its traceback too."""
 
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                         reliability=ReliabilityPolicy.RELIABLE,
@@ -82,6 +96,43 @@ def input_qos(cfg: VlsamConfig) -> QoSProfile:
                    else ReliabilityPolicy.RELIABLE)
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=cfg.node.qos_depth,
                       reliability=reliability, durability=DurabilityPolicy.VOLATILE)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for the log: the message of an expected error, else type and message."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if isinstance(exc, EXPECTED_FAILURES) else f"{type(exc).__name__}: {text}"
+
+
+_AFTER_FAILURE = {"configure": " (the node stays unconfigured)",
+                  "activate": " (models not loaded; the node stays inactive)"}
+
+
+def _logged_transition(name: str, failure: TransitionCallbackReturn):
+    """Wraps a lifecycle callback so that any exception is logged with its reason (rclpy
+    would turn it into a silent ERROR), undone (``_undo_<name>``) and returned as
+    ``failure``; the reason stays in ``problem`` and on /diagnostics."""
+    def wrap(method: Callable[[Any, LifecycleState], TransitionCallbackReturn]):
+        @functools.wraps(method)
+        def run(self: "VlsamNode", state: LifecycleState) -> TransitionCallbackReturn:
+            try:
+                return method(self, state)
+            except Exception as exc:  # noqa: BLE001 -- logged with its reason, never hidden
+                reason = failure_reason(exc)
+                self._problem = f"{name} failed{_AFTER_FAILURE.get(name, '')}: {reason}"
+                detail = ("" if isinstance(exc, EXPECTED_FAILURES)
+                          else "\n" + traceback.format_exc())
+                self.get_logger().error(f"{self._problem}{detail}")
+                undo = getattr(self, f"_undo_{name}", None)
+                if undo is not None:
+                    try:
+                        undo()
+                    except Exception as undo_exc:  # noqa: BLE001
+                        self.get_logger().error(f"cleaning up after the failed {name}: "
+                                                f"{failure_reason(undo_exc)}")
+                return failure
+        return run
+    return wrap
 
 
 def free_torch_memory(device: str) -> None:
@@ -125,12 +176,17 @@ class VlsamNode(LifecycleNode):
         self._cameras: list[_Camera] = []
         self._diagnostics_pub: Any = None
         self._diagnostics_timer: Any = None
+        self._rate_timer: Any = None
+        self._rate_previous: tuple[Any, list[CameraCounts]] = (None, [])
+        self._rate_last = time.monotonic()
+        self._diag_previous: tuple[Any, list[int]] = (None, [])  # received per camera
         self._last_diagnostics = time.monotonic()
         self._pipeline: Any = None
         self._slots: FrameSlots | None = None
         self._worker: threading.Thread | None = None
         self._tracking: Any = None  # TrackingWorker when tracking.mode is not off
         self._problem = ""  # shown on /diagnostics while set (e.g. models failed to load)
+        self._stop_token = CancellationToken()  # replaced on each activation
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ lifecycle
@@ -176,14 +232,13 @@ class VlsamNode(LifecycleNode):
             }
         return out
 
+    @_logged_transition("configure", TransitionCallbackReturn.FAILURE)
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            cfg = config_from_parameters(self)
-            topics = all_camera_topics(cfg.cameras, self.get_name(), self.get_namespace())
-            detection_2d = self._detection_2d_type(cfg)
-        except (ConfigError, ImportError) as exc:
-            self.get_logger().error(f"configure failed: {exc}")
-            return TransitionCallbackReturn.FAILURE
+        self._problem = ""
+        cfg = config_from_parameters(self)
+        topics = all_camera_topics(cfg.cameras, self.get_name(), self.get_namespace())
+        self._check_expanded_topics(topics)
+        detection_2d = self._detection_2d_type(cfg)
         with self._lock:
             self._config, self._config_changed = cfg, False
         limit_malloc_arenas(cfg.node.malloc_arena_max)
@@ -200,40 +255,34 @@ class VlsamNode(LifecycleNode):
         self._last_diagnostics = time.monotonic()
         self._diagnostics_timer = self.create_timer(cfg.node.diagnostics_period_s,
                                                     self._publish_diagnostics)
+        if cfg.node.rate_log_period_s > 0:
+            self._rate_last = time.monotonic()
+            self._rate_timer = self.create_timer(cfg.node.rate_log_period_s, self._log_rates)
         self._problem = ""
         self.get_logger().info(
             "configured: " + "; ".join(f"{c.topics.input} -> {c.topics.detections}"
                                        for c in self._cameras))
         return super().on_configure(state)
 
+    @_logged_transition("activate", TransitionCallbackReturn.FAILURE)
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         cfg = self.config
         if cfg is None:
-            return TransitionCallbackReturn.FAILURE
+            raise ConfigError("the node is not configured")
         started = time.perf_counter()
-        try:
-            self._pipeline = self._pipeline_factory(cfg)
-        except (VlsamError, ConfigError, OSError) as exc:
-            self._problem = f"models not loaded: {exc}"
-            self.get_logger().error(f"activate failed, node stays inactive: {exc}")
-            self._pipeline = None
-            free_torch_memory(cfg.device)
-            return TransitionCallbackReturn.FAILURE
-        if cfg.tracking.mode != "off":
-            try:
-                self._tracking = self._start_tracking(cfg)
-            except (VlsamError, ConfigError, OSError) as exc:
-                self._problem = f"tracking not started: {exc}"
-                self.get_logger().error(f"activate failed, node stays inactive: {exc}")
-                self._pipeline = None
-                free_torch_memory(cfg.device)
-                return TransitionCallbackReturn.FAILURE
+        self._pipeline = self._pipeline_factory(cfg)
+        if cfg.tracking.mode != "off":   # failures are undone by _undo_activate
+            self._tracking = self._start_tracking(cfg)
         self._problem = ""
+        self._stop_token = CancellationToken()
         self.get_logger().info(
             f"models loaded in {time.perf_counter() - started:.1f} s: vlm {cfg.vlm.model} "
             f"({cfg.vlm.family}), sam {cfg.sam.type} {cfg.sam.checkpoint}, on {cfg.device}")
         self._slots = FrameSlots(len(self._cameras), observer=self._slot_observer)
-        self._worker = threading.Thread(target=self._worker_loop, args=(self._slots,),
+        self._rate_last = time.monotonic()  # the next rate line covers this activation only
+        self._rate_previous = (self._slots, self.camera_counts_now())
+        self._worker = threading.Thread(target=self._worker_loop,
+                                        args=(self._slots, self._stop_token),
                                         name="vlsam-worker", daemon=True)
         self._worker.start()
         qos = input_qos(cfg)
@@ -266,36 +315,89 @@ class VlsamNode(LifecycleNode):
         """The TrackingWorker while active with tracking, else None."""
         return self._tracking
 
+    @_logged_transition("deactivate", TransitionCallbackReturn.ERROR)
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_serving()
+        self._stop_serving("deactivate")
         return super().on_deactivate(state)
 
+    @_logged_transition("cleanup", TransitionCallbackReturn.ERROR)
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_serving()
+        self._stop_serving("cleanup")
         self._remove_outputs()
         return super().on_cleanup(state)
 
+    @_logged_transition("shutdown", TransitionCallbackReturn.ERROR)
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_serving()
+        self._stop_serving("shutdown", abandon=True)
         self._remove_outputs()
         return super().on_shutdown(state)
 
+    @_logged_transition("error processing", TransitionCallbackReturn.FAILURE)
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.get_logger().error(f"error while in state {state.label}; cleaning up")
-        self._stop_serving()
+        self.get_logger().error(f"error while in state {state.label}"
+                                f"{': ' + self._problem if self._problem else ''}; cleaning up")
+        self._stop_serving("error", abandon=True)
         self._remove_outputs()
         return TransitionCallbackReturn.SUCCESS
 
-    def _stop_serving(self) -> None:
-        """Unsubscribes, stops and joins the worker, frees the models. Idempotent."""
+    def _undo_configure(self) -> None:
+        self._remove_outputs()
+
+    def _undo_activate(self) -> None:
+        cfg = self.config
+        self._stop_serving("failed activation")
+        self._pipeline = None
+        free_torch_memory(cfg.device if cfg is not None else "cpu")
+
+    def _check_expanded_topics(self, topics: list[CameraTopics]) -> None:
+        """Every resolved input and output name must be a valid ROS topic (rclpy's own check,
+        after the node name and namespace are applied); ConfigError naming it otherwise."""
+        from rclpy.validate_full_topic_name import validate_full_topic_name
+
+        for cam in topics:
+            for name in (cam.input, cam.detections):
+                try:
+                    validate_full_topic_name(name)
+                except Exception as exc:  # noqa: BLE001 -- rclpy's InvalidTopicNameException
+                    first = (str(exc).splitlines() or [""])[0]
+                    raise ConfigError(f"cameras: {name!r} is not a valid ROS topic name: "
+                                      f"{first}") from None
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Asks the frame in progress to stop at its next safe point (signal-safe)."""
+        self._stop_token.cancel(reason)
+
+    def _stop_serving(self, reason: str, abandon: bool = False) -> None:
+        """Unsubscribes, cancels the frame in progress (it stops at its next safe point),
+        joins the worker and frees the models. Idempotent.
+
+        The worker gets ``node.stop_timeout_s`` to reach a safe point. After that, with
+        ``abandon`` (shutdown) it is left to finish on its own (a daemon thread whose result
+        is discarded), so the process exits in time; otherwise (deactivate) the node waits on
+        for it, logging that it does, because the models are freed next."""
         for cam in self._cameras:
             if cam.subscription is not None:
                 self.destroy_subscription(cam.subscription)
                 cam.subscription = None
+        self._stop_token.cancel(reason)
         if self._slots is not None:
             self._slots.close()
         if self._worker is not None:
-            self._worker.join()
+            cfg = self.config
+            timeout = cfg.node.stop_timeout_s if cfg is not None else 1.0
+            self._worker.join(timeout)
+            if self._worker.is_alive():
+                if abandon:
+                    self.get_logger().warning(
+                        f"{reason}: the frame in progress reached no safe point within "
+                        f"{timeout:.1f} s (node.stop_timeout_s); abandoning it, its result "
+                        "is discarded")
+                else:
+                    self.get_logger().warning(
+                        f"{reason}: the frame in progress reached no safe point within "
+                        f"{timeout:.1f} s (node.stop_timeout_s); waiting for it to end "
+                        "before freeing the models")
+                    self._worker.join()
         self._worker = None
         self._slots = None
         if self._tracking is not None:
@@ -316,6 +418,9 @@ class VlsamNode(LifecycleNode):
         if self._diagnostics_timer is not None:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = None
+        if self._rate_timer is not None:
+            self.destroy_timer(self._rate_timer)
+            self._rate_timer = None
         if self._diagnostics_pub is not None:
             self.destroy_publisher(self._diagnostics_pub)
             self._diagnostics_pub = None
@@ -357,17 +462,21 @@ class VlsamNode(LifecycleNode):
                 slots.put(camera_index, msg)
         return store_newest
 
-    def _worker_loop(self, slots: FrameSlots) -> None:
+    def _worker_loop(self, slots: FrameSlots, token: CancellationToken) -> None:
         while True:
             taken = slots.take(timeout_s=WORKER_POLL_S)
+            if token.cancelled or (taken is None and slots.closed):  # stopping
+                return
             if taken is None:
-                if slots.closed:  # deactivating
-                    return
                 continue
             camera_index, msg = taken
             cam = self._cameras[camera_index]
+            started = time.monotonic()
             try:
-                self._serve_frame(cam, msg)
+                self._serve_frame(cam, msg, token)
+            except FrameCancelled as exc:
+                self._log_dropped_frame(cam, msg, exc, token, started)
+                return
             except Exception as exc:  # noqa: BLE001 -- logged with traceback, counted, not hidden
                 # The worker must survive a bug in one frame's processing (the node would
                 # otherwise go silent while looking alive); the failure is logged in full and
@@ -379,6 +488,17 @@ class VlsamNode(LifecycleNode):
             cfg = self.config
             if cfg is not None and cfg.node.malloc_trim_each_frame:
                 trim_free_memory()
+
+    def _log_dropped_frame(self, cam: _Camera, msg: Any, exc: FrameCancelled,
+                           token: CancellationToken, started: float) -> None:
+        now = time.monotonic()
+        stamp = msg.header.stamp
+        reaction = (f", {now - token.cancelled_at:.2f} s after the stop request"
+                    if token.cancelled_at is not None else "")
+        self.get_logger().info(
+            f"{cam.topics.input}: {exc.reason}: dropped the frame in progress (stamp "
+            f"{stamp.sec}.{stamp.nanosec:09d}) {exc.where}, {now - started:.2f} s into it"
+            f"{reaction}; nothing published for it")
 
     def _throttle_s(self) -> float:
         cfg = self.config
@@ -399,8 +519,9 @@ class VlsamNode(LifecycleNode):
             self.get_logger().info("parameter change applied from this frame on")
         return cfg
 
-    def _serve_frame(self, cam: _Camera, msg: Any) -> None:
-        """Decode, run, publish one frame; malformed frames and CUDA OOM are skipped."""
+    def _serve_frame(self, cam: _Camera, msg: Any, token: CancellationToken) -> None:
+        """Decode, run, publish one frame; malformed frames and CUDA OOM are skipped; a
+        cancelled ``token`` ends the frame at its next safe point (FrameCancelled)."""
         cfg = self._current_config()
         try:
             image = self._decode(cam, msg, cfg)
@@ -411,7 +532,7 @@ class VlsamNode(LifecycleNode):
             return
         try:
             if self._tracking is None:
-                result = self._pipeline.run(image)
+                result = self._pipeline.run(image, cancel=token)
             else:
                 stamp = msg.header.stamp
                 result = self._tracking.serve(cam.topics.input, image,
@@ -461,16 +582,49 @@ class VlsamNode(LifecycleNode):
         period, self._last_diagnostics = now - self._last_diagnostics, now
         slots = self._slots
         counts = slots.counts() if slots is not None else None
+        previous_slots, previous = self._diag_previous
         statuses = []
         for index, cam in enumerate(self._cameras):
             received = counts[index].received if counts else 0
             dropped = counts[index].dropped if counts else 0
-            report = CameraReport(cam.topics.input, cam.stats.snapshot(period), received, dropped)
+            before = previous[index] if previous_slots is slots and index < len(previous) else 0
+            report = CameraReport(cam.topics.input, cam.stats.snapshot(period), received,
+                                  dropped, received_in_window=received - before)
             statuses.append(camera_status(
                 report, node_name=self.get_fully_qualified_name(), state=self.lifecycle_state,
                 device=cfg.device, model=cfg.vlm.model, sam=f"{cfg.sam.type} {cfg.sam.checkpoint}",
                 problem=self._problem))
+        self._diag_previous = (slots, [counts[i].received if counts else 0
+                                       for i in range(len(self._cameras))])
         self._diagnostics_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
+
+    def camera_counts_now(self) -> list[CameraCounts]:
+        """Cumulative counts of every camera (received/dropped since the last activation)."""
+        slots = self._slots
+        counts = slots.counts() if slots is not None else None
+        out = []
+        for index, cam in enumerate(self._cameras):
+            totals = cam.stats.totals()
+            out.append(CameraCounts(counts[index].received if counts else 0,
+                                    totals["published"], counts[index].dropped if counts else 0,
+                                    totals["malformed"], totals["failed"]))
+        return out
+
+    def _log_rates(self) -> None:
+        """The periodic rate line (``node.rate_log_period_s``), while serving."""
+        slots = self._slots
+        if slots is None:
+            return
+        now_t = time.monotonic()
+        period, self._rate_last = now_t - self._rate_last, now_t
+        previous_slots, previous = self._rate_previous
+        now = self.camera_counts_now()
+        if previous_slots is not slots or len(previous) != len(now):  # defensive
+            previous = [CameraCounts(0, c.published, 0, c.malformed, c.failed) for c in now]
+        self._rate_previous = (slots, now)
+        self.get_logger().info(rate_line(period, [(cam.topics.input, before, after) for cam,
+                                                  before, after in zip(self._cameras, previous,
+                                                                       now)]))
 
 
 def main(args: Sequence[str] | None = None) -> int:
@@ -478,6 +632,17 @@ def main(args: Sequence[str] | None = None) -> int:
     unconfigured; a lifecycle manager (the launch file) configures and activates it."""
     from vlsam_ros.spin import spin_until_shutdown
 
+    from vlsam_ros.ros_logging import route_python_logging
+
     rclpy.init(args=args, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = VlsamNode()
+    route_python_logging(node.get_logger())  # core + library logs into the ROS log, no bars
     return spin_until_shutdown(node, activate=False)
+
+
+def console_main() -> None:
+    """The ``vlsam-node`` command (launch file, ``ros2 run``): ``main``, then the process
+    ends at once with its code (``spin.exit_process``)."""
+    from vlsam_ros.spin import exit_process
+
+    exit_process(main())

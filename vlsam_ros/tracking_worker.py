@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from vlsam_ros.core.cancellation import CancellationToken, FrameCancelled
 from vlsam_ros.core.config import VlsamConfig
 from vlsam_ros.core.pipeline import check_image
 from vlsam_ros.core.results import FrameResult
@@ -140,6 +141,7 @@ class TrackingWorker:
         self._last_handover = -math.inf
         self.discovery_runs = 0
         self.discovery_failures = 0
+        self._cancel = CancellationToken()   # stops a running discovery at a safe point
         self._thread = threading.Thread(target=self._discovery_loop, name="vlsam-discovery",
                                         daemon=True)
         self._thread.start()
@@ -152,10 +154,12 @@ class TrackingWorker:
             tracker.update_config(cfg.tracking)
 
     def stop(self) -> None:
-        """Stops and joins the discovery thread (a running discovery finishes first)."""
+        """Stops the discovery thread: a running discovery ends at its next safe point
+        (``core/cancellation.py``), then the thread is joined."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        self._cancel.cancel("tracking stopped")
         self._thread.join()
 
     @property
@@ -214,7 +218,9 @@ class TrackingWorker:
                     return
                 job, self._job, self._busy = self._job, None, True
             try:
-                result = self.pipeline.run(job.image)
+                result = self.pipeline.run(job.image, cancel=self._cancel)
+            except FrameCancelled:
+                result = None
             except Exception as exc:  # noqa: BLE001 -- reported with traceback, counted
                 self.discovery_failures += 1
                 if self._on_error is not None:

@@ -30,6 +30,8 @@ from typing import Any, Iterator, Mapping
 
 import yaml
 
+from vlsam_ros.core.topic_names import topic_name_problem
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, of the wrong type or out of range."""
@@ -99,7 +101,13 @@ def _coerce(name: str, value: Any, expected: Any) -> Any:
         return value
     if typing.get_origin(expected) is tuple:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [value]
+            try:
+                value = yaml.safe_load(value) if value.strip().startswith("[") else [value]
+            except yaml.YAMLError as exc:
+                problem = str(getattr(exc, "problem", "") or exc).splitlines()[0]
+                raise ConfigError(f"{name}={value!r}: not a valid list ({problem}); write "
+                                  "it as [a, b] (quote the whole --set argument in a shell)"
+                                  ) from None
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{name}={value!r}: expected a list of strings")
         return tuple(value)
@@ -110,6 +118,20 @@ DEFAULT_QUESTION = (
     "Describe this driving scene and list every object you can see, including unusual "
     "objects on or near the road such as debris, animals, fallen cargo or traffic cones. "
     "Answer with a comma-separated list of object names."
+)
+
+# Words that are never object names in a driving answer: ground surfaces and road paint,
+# terrain and sky, weather and light, traffic as a whole, and the camera's own vehicle. Canonical
+# (lower-case, singular) forms; a name is background when it ends with one of them
+# ("wet road", "bike lane"), so "road sign" or "traffic cone" are still objects.
+DEFAULT_BACKGROUND_WORDS = (
+    "road", "street", "highway", "freeway", "motorway", "roadway", "road surface",
+    "street surface", "asphalt", "pavement", "lane", "lane marking", "road marking",
+    "crosswalk", "intersection", "junction", "exit", "shoulder", "median", "curb", "sidewalk",
+    "driveway", "parking lot", "ground", "grass", "field", "pasture", "meadow", "terrain",
+    "hill", "hillside", "mountain", "vegetation", "sky", "cloud", "horizon", "weather", "rain",
+    "fog", "snow", "daylight", "sunlight", "shadow", "shade", "traffic", "ego vehicle",
+    "dashboard", "windshield",
 )
 
 # Hand-written rephrasings of the listing question (question ensemble, method.md section 5).
@@ -132,6 +154,19 @@ DEFAULT_REPHRASE_PROMPT = (
 )
 
 
+def parse_grid_pinpoints(text: str) -> tuple[tuple[int, int], ...]:
+    """'336x672,672x336' -> ((336, 672), (672, 336)): (height, width) pixel pairs, the order of
+    LLaVA-NeXT's image_grid_pinpoints. Empty text -> (). Raises ConfigError."""
+    pairs = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise ConfigError(f"llava_next_grid_pinpoints={text!r}: expected comma-separated "
+                              f"HEIGHTxWIDTH pixel sizes such as '336x672,672x336', got {item!r}")
+        pairs.append((int(parts[0]), int(parts[1])))
+    return tuple(pairs)
+
+
 @dataclasses.dataclass(frozen=True)
 class VlmConfig(_Section):
     """The vision-language model that names the objects and provides the attention."""
@@ -140,7 +175,7 @@ class VlmConfig(_Section):
                          choices=("llava", "llava_next", "qwen2_vl", "idefics3"))
     model: str = _field("llava-hf/llava-1.5-7b-hf",
                         "Local folder or Hugging Face hub id of the VLM weights. Hub ids "
-                        "must already be in the local cache: nothing is downloaded at run time.")
+                        "must already be in the local cache unless local_files_only is false.")
     dtype: str = _field("float16", "Torch dtype of the VLM weights.",
                         choices=("float32", "float16", "bfloat16"))
     max_new_tokens: int = _field(64, "Maximum number of generated tokens per question.",
@@ -159,8 +194,57 @@ class VlmConfig(_Section):
                                    range=(1, 16), runtime=True)
     max_objects: int = _field(16, "Most object names kept per answer (first ones win).",
                               range=(1, 256), runtime=True)
-    local_files_only: bool = _field(True, "Never reach the Hugging Face hub; load from disk "
-                                    "or the local cache only.")
+    background_words: tuple[str, ...] = _field(DEFAULT_BACKGROUND_WORDS,
+                                               "Never object names: a name ending with one of "
+                                               "these lower-case singular words is dropped "
+                                               "(ground, road paint, sky, weather, traffic, the "
+                                               "ego vehicle).", runtime=True)
+    share_image_prefix: bool = _field(True, "Encode each distinct image once per batch and "
+                                      "prefill its prompt prefix (up to and including the "
+                                      "image tokens) once, shared by all questions on it; "
+                                      "same text and maps as False (every image-question "
+                                      "pair run in full) up to float rounding.", runtime=True)
+    local_files_only: bool = _field(True, "Never reach the Hugging Face hub (no network "
+                                    "access at all); load from disk or the local cache only.")
+    hub_timeout_s: float = _field(10.0, "With local_files_only false: how long the hub gets "
+                                  "to answer about a hub id that is not cached, and the "
+                                  "timeout of each download request.", range=(0.1, 600.0))
+    image_fit: str = _field(
+        "whole", "What the VLM sees of the frame. 'whole': the whole frame whatever its aspect "
+        "ratio (llava: pad to a square with the image-mean colour as LLaVA-1.5 was trained, no "
+        "centre crop; llava_next: anyres; qwen2_vl: dynamic resolution within the pixel range "
+        "below; idefics3: tiles plus a global image, up to the longest edge below). "
+        "'processor': the checkpoint's image processor unchanged, budgets ignored (llava-1.5 "
+        "then centre-crops: 56% of a 1600x900 frame's width, 30% of a 1242x375 one).",
+        choices=("whole", "processor"), runtime=True)
+    qwen_min_pixels: int = _field(
+        0, "qwen2_vl: least pixels of the resized frame (floor over the checkpoint's "
+        "min_pixels); 0 = the checkpoint's (3136 published).", range=(0, 2**31 - 1),
+        runtime=True)
+    qwen_max_pixels: int = _field(
+        1280 * 28 * 28, "qwen2_vl: most pixels of the resized frame, a cap on the checkpoint's "
+        "max_pixels; 0 = the checkpoint's (12845056 published: 1824 image tokens at 1600x900, "
+        "2691 at 1920x1080). Default 1280*28*28 (the model card's upper bound): 1222 tokens "
+        "(26x47) at 1600x900 and 1920x1080, 572 (13x44) at 1242x375.",
+        range=(0, 2**31 - 1), runtime=True)
+    idefics3_longest_edge: int = _field(
+        0, "idefics3/SmolVLM: longest edge the frame is resized to before splitting into "
+        "tiles, a cap on the checkpoint's size.longest_edge; 0 = the checkpoint's (4 tiles: "
+        "1456 Idefics3-8B, 1536 SmolVLM 2.2B, 2048 SmolVLM-256M/500M), i.e. 3x4 tiles + global "
+        "at 1600x900 and 1920x1080 (2197 / 1053 / 832 image tokens), 2x4 + global at 1242x375 "
+        "(1521 / 729 / 576).", range=(0, 4096), runtime=True)
+    llava_next_grid_pinpoints: str = _field(
+        "", "llava_next: anyres grid resolutions 'HxW,HxW,...' in pixels (multiples of the "
+        "336 px tile); empty = the checkpoint's (336x672,672x336,672x672,1008x336,336x1008: "
+        "672x672 at 1600x900 and 1920x1080, 1948 image tokens; 336x1008 at 1242x375, 2182).",
+        runtime=True)
+
+    def _check(self) -> None:
+        parse_grid_pinpoints(self.llava_next_grid_pinpoints)
+        if self.qwen_min_pixels and self.qwen_max_pixels \
+                and self.qwen_min_pixels > self.qwen_max_pixels:
+            raise ConfigError(f"qwen_min_pixels={self.qwen_min_pixels} exceeds "
+                              f"qwen_max_pixels={self.qwen_max_pixels}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,6 +390,9 @@ class NodeConfig(_Section):
                                          range=(0.05, 60.0))
     log_throttle_s: float = _field(5.0, "Minimum interval between repeated warnings.",
                                    range=(0.0, 3600.0))
+    rate_log_period_s: float = _field(60.0, "Period of the log line with each camera's "
+                                      "input and processed rates and drop counts; 0 turns "
+                                      "it off.", range=(0.0, 86400.0))
     malloc_arena_max: int = _field(2, "Linux/glibc: most malloc arenas of the node's process, "
                                    "set on configure (0 keeps glibc's 8 per core). Few arenas "
                                    "keep resident memory flat while frames arrive on several "
@@ -341,6 +428,12 @@ class NodeConfig(_Section):
     vision_msgs: str = _field("auto", "Publish ~/detections_2d (vision_msgs/Detection2DArray): "
                               "'auto' when vision_msgs is importable, 'on' requires it (error if "
                               "missing), 'off' never.", choices=("auto", "on", "off"))
+    stop_timeout_s: float = _field(1.0, "On deactivate/shutdown, how long the frame in "
+                                   "progress gets to reach its next safe point (between "
+                                   "generated tokens, encoder blocks or decoder calls) and "
+                                   "stop; at shutdown a frame still running after that is "
+                                   "abandoned so the process exits in time.",
+                                   range=(0.0, 3600.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,6 +555,10 @@ class VlsamConfig(_Section):
     def _check(self) -> None:
         if not self.cameras:
             raise ConfigError("cameras: at least one image topic is required")
+        for topic in self.cameras:
+            problem = topic_name_problem(topic)
+            if problem is not None:
+                raise ConfigError(f"cameras: {topic!r} is not a valid ROS topic name: {problem}")
         if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
             raise ConfigError(f"device={self.device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
 

@@ -10,6 +10,11 @@ class ModelNotFoundError(VlsamError):
     where to put it; nothing is downloaded and nothing falls back to other weights."""
 
 
+class SpacyModelNotFoundError(ModelNotFoundError):
+    """The spaCy English pipeline that extracts object names from the VLM's answer is not
+    installed, or is not the pinned version. The message says what to ``pip install``."""
+
+
 class InvalidImageError(VlsamError):
     """An input image is malformed: wrong shape, dtype, size or encoding."""
 
@@ -20,3 +25,9 @@ class AttentionUnavailableError(VlsamError):
 
 class DeviceUnavailableError(VlsamError):
     """The configured torch device does not exist on this machine."""
+
+
+class ModelLoadError(VlsamError):
+    """Weights named in the configuration exist but cannot be used (not a checkpoint, or a
+    checkpoint of another model type). The message names the file, the config key and what
+    to do."""

@@ -24,6 +24,7 @@ Detection score = SAM's predicted IoU x mean normalised attention inside the mas
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import dataclasses
 import logging
 import threading
@@ -32,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from vlsam_ros.core import cancellation
+from vlsam_ros.core.cancellation import CancellationToken
 from vlsam_ros.core.config import ConfigError, VlsamConfig, schema, to_flat
 from vlsam_ros.core.errors import InvalidImageError
 from vlsam_ros.core.masks import (box_from_mask, decode_rle, encode_rle, mask_nms,
@@ -126,14 +129,15 @@ class Pipeline:
                               "must be reloaded); build a new pipeline")
         self._cfg = cfg
 
-    def run(self, image: np.ndarray) -> FrameResult:
+    def run(self, image: np.ndarray, cancel: CancellationToken | None = None) -> FrameResult:
         """Detects and segments the objects of one RGB uint8 (H, W, 3) frame.
 
         Raises InvalidImageError for anything else. A frame where the VLM names nothing
-        returns no detections, with the VLM's description.
+        returns no detections, with the VLM's description. Once ``cancel`` is cancelled,
+        the frame stops at its next safe point with FrameCancelled (``core/cancellation.py``).
         """
         start = time.perf_counter()
-        with self._run_lock:
+        with self._run_lock, cancellation.active(cancel):
             cfg = self._cfg
             check_image(image, min_side=2 if cfg.ensemble.tiles else 1)
             if cfg.sam != self._applied_sam:
@@ -157,6 +161,7 @@ class Pipeline:
             decode = DecodeStats()
             candidates: list[Candidate] = []       # every view's, in full-frame coordinates
             for i, job in enumerate(jobs):
+                cancellation.check(f"before segmenting view {i + 1} of {len(jobs)}")
                 objects = [ObjectMap(o.name, a.attention_maps[k])
                            for a in job.answers for k, o in enumerate(a.objects)]
                 if not objects:
@@ -199,7 +204,9 @@ class Pipeline:
         if cfg.sam.overlap_encoder:
             with concurrent.futures.ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix="sam-encoder") as pool:
-                future = pool.submit(self._embed, crops, stages)
+                # The encoder thread sees this frame's cancellation token (its context).
+                future = pool.submit(contextvars.copy_context().run, self._embed, crops,
+                                     stages)
                 t = time.perf_counter()
                 answers = self.vlm.describe(images, asked, cfg.vlm, cfg.attention)
                 stages["vlm"] = _ms(t)

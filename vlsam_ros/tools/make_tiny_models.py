@@ -9,9 +9,10 @@ Usage: ``vlsam-make-tiny-models OUT_DIR`` (default ``models/tiny``).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Sequence
+
+from vlsam_ros.tools.cli import EXIT_OK, ToolError, ToolParser, run_tool, staged_output
 
 
 def sam_checkpoint_name(sam_type: str) -> str:
@@ -20,16 +21,32 @@ def sam_checkpoint_name(sam_type: str) -> str:
 
 def make_tiny_models(out_dir: str | Path, families: Sequence[str] = ("llava",),
                      sam_types: Sequence[str] = ("vit_t",), seed: int = 0) -> Path:
-    """Writes ``OUT_DIR/<family>/`` for each VLM family and ``OUT_DIR/sam_<type>.pt``."""
-    from vlsam_ros.core.segmenter.tiny import save_tiny_sam
-    from vlsam_ros.core.vlm.tiny import save_tiny_vlm
+    """Writes ``OUT_DIR/<family>/`` for each VLM family and ``OUT_DIR/sam_<type>.pt``.
 
+    Unknown families or SAM types raise ToolError before anything is written. Everything is
+    built in a staging folder beside ``OUT_DIR`` and moved into it only when complete (an
+    existing ``OUT_DIR`` keeps its other files; rebuilt entries are replaced whole), so an
+    error or an interrupt never leaves a half-built model behind.
+    """
+    from vlsam_ros.core.segmenter.sam_adapter import SAM_VARIANTS
+    from vlsam_ros.core.segmenter.tiny import save_tiny_sam
+    from vlsam_ros.core.vlm.tiny import FAMILIES, save_tiny_vlm
+
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ToolError(f"unknown VLM famil{'y' if len(unknown) == 1 else 'ies'} "
+                        f"{', '.join(unknown)}; choose from {', '.join(FAMILIES)}")
+    unknown = [t for t in sam_types if t not in SAM_VARIANTS]
+    if unknown:
+        raise ToolError(f"unknown SAM type(s) {', '.join(unknown)}; choose from "
+                        f"{', '.join(sorted(SAM_VARIANTS))}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for family in families:
-        save_tiny_vlm(family, out / family, seed=seed)
-    for sam_type in sam_types:
-        save_tiny_sam(sam_type, out / sam_checkpoint_name(sam_type), seed=seed)
+    with staged_output(out, merge=True) as staging:
+        staging.mkdir()
+        for family in families:
+            save_tiny_vlm(family, staging / family, seed=seed)
+        for sam_type in sam_types:
+            save_tiny_sam(sam_type, staging / sam_checkpoint_name(sam_type), seed=seed)
     return out
 
 
@@ -48,16 +65,32 @@ def tiny_model_overrides(model_dir: str | Path, family: str = "llava",
     }
 
 
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog="vlsam-make-tiny-models", description=__doc__.splitlines()[0],
+                        epilog="Exit status: 0 written, 2 bad arguments or unwritable output, "
+                               "130 interrupted (nothing half-built is left).")
+    parser.add_argument("out_dir", nargs="?", default="models/tiny",
+                        help="folder to write the models into (default: %(default)s)")
+    parser.add_argument("--families", nargs="+", default=["llava"], metavar="FAMILY",
+                        help="VLM families to build: llava, llava_next, qwen2_vl, idefics3 "
+                             "(default: llava)")
+    parser.add_argument("--sam-types", nargs="+", default=["vit_t"], metavar="TYPE",
+                        help="SAM variants to build: vit_t (~40 MB), vit_b, vit_l, vit_h "
+                             "(random weights are as big as real ones; default: vit_t)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed of the weights (default: %(default)s)")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", nargs="?", default="models/tiny")
-    parser.add_argument("--families", nargs="+", default=["llava"])
-    parser.add_argument("--sam-types", nargs="+", default=["vit_t"])
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    out = make_tiny_models(args.out_dir, args.families, args.sam_types, args.seed)
-    print(f"tiny random models written to {out} (random weights: labels are meaningless)")
-    return 0
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        out = make_tiny_models(args.out_dir, args.families, args.sam_types, args.seed)
+        print(f"tiny random models written to {out} (random weights: labels are meaningless)")
+        return EXIT_OK
+
+    return run_tool("vlsam-make-tiny-models", body)
 
 
 if __name__ == "__main__":

@@ -32,11 +32,16 @@ Throughput is printed at the end either way (and written by ``--stats FILE``).
 
 **Bad input.** A bag that cannot be opened, or that breaks while being read (truncated),
 stops the replay with an error naming the bag and how far it got; the results written so
-far are kept in ``OUT_BAG.partial``. A topic that is not in the bag, or is not an image
-topic, is an error listing the bag's image topics. A frame the decoder (or the pipeline's
+far are kept in ``OUT_BAG.partial``. An mcap cut short (what a crashed recorder leaves: no
+summary or footer) is the exception: its complete messages are replayed
+(``vlsam_ros.mcap_salvage``) and the summary says how many could not be read (exit 3).
+A topic that is not in the bag, or is not an image topic, is an error listing the bag's
+image topics. A frame the decoder (or the pipeline's
 input check) rejects is a logged skip by default (``--on-bad-frame skip``), recorded on the
-``replay_skipped`` topic and counted in the summary; ``--on-bad-frame error`` stops instead. Exit status: 0 success,
-2 error, 3 success but some frames were skipped.
+``replay_skipped`` topic and counted in the summary; ``--on-bad-frame error`` stops instead.
+The cheap checks (input bag and topics, output path, ``--stats`` folder, configuration) run
+before any model is loaded. Exit status: 0 success, 2 error, 3 success but some frames were
+skipped, 130 interrupted (the summary line says what ``OUT_BAG.partial`` holds).
 
 Usage::
 
@@ -49,7 +54,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -65,8 +69,11 @@ from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, BagError, iter_messages, open
     open_writer, read_custom_data, vlsam_typestore
 from vlsam_ros.camera_topics import CameraTopics, camera_topics
 from vlsam_ros.core.config import ConfigError, VlsamConfig, load_config, parse_set_flags
-from vlsam_ros.core.errors import InvalidImageError, VlsamError
+from vlsam_ros.core.errors import InvalidImageError
 from vlsam_ros.core.results import FrameResult
+from vlsam_ros.tools.cli import (ToolParser, check_input, check_new_output, check_output_parent,
+                                 run_tool, write_text_atomically)
+from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text
 
 LOG = logging.getLogger("vlsam_ros.replay")
 
@@ -129,6 +136,8 @@ class ReplaySummary:
     topics: dict[str, TopicStats]
     wall_s: float
     pipeline_s: float
+    truncated_input: str | None = None  # what a cut mcap input lost (mcap_salvage)
+    unreadable: int | None = 0  # messages of the replayed topics lost to the cut (None: ?)
 
     @property
     def frames(self) -> int:
@@ -146,7 +155,8 @@ class ReplaySummary:
                 "frames_per_s": frames / self.wall_s if self.wall_s > 0 else None,
                 "overhead_s": self.wall_s - self.pipeline_s,
                 "overhead_per_frame_ms": (1000 * (self.wall_s - self.pipeline_s) / frames
-                                          if frames else None)}
+                                          if frames else None),
+                "truncated_input": self.truncated_input, "unreadable": self.unreadable}
 
 
 def _storage_of(bag: Path) -> str:
@@ -230,6 +240,26 @@ def skipped_frames_topic(cam: CameraTopics, node_name: str) -> str:
     return f"{cam.namespace}/{node_name}/{SKIPPED_OUTPUT}"
 
 
+def partial_path(out_bag: Path) -> Path:
+    """Where an interrupted or failed replay leaves what it wrote: ``OUT_BAG.partial``."""
+    return out_bag.with_name(out_bag.name + ".partial")
+
+
+def check_replay_inputs(in_bag: str | Path, out_bag: str | Path, cfg: VlsamConfig,
+                        options: ReplayOptions) -> None:
+    """The cheap checks, done before any model is loaded: the input bag opens and has the
+    requested image topics, the output bag (and its .partial) does not exist yet and can be
+    created. Raises BagError, ReplayError or ToolError naming what is wrong."""
+    in_bag, out_bag = Path(in_bag), Path(out_bag)
+    check_new_output(out_bag, "output bag")
+    if partial_path(out_bag).exists():
+        raise ReplayError(f"{partial_path(out_bag)} exists (left by an earlier replay); remove "
+                          "it or choose another output path")
+    requested = tuple(options.topics) if options.topics else tuple(cfg.cameras)
+    with open_reader(in_bag) as reader:
+        select_cameras(reader, requested, options.node_name, in_bag)
+
+
 def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
                cfg: VlsamConfig, options: ReplayOptions = ReplayOptions()) -> ReplaySummary:
     """Replays ``in_bag`` through ``pipeline`` into the new bag ``out_bag``.
@@ -277,7 +307,9 @@ def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
             connections = [c for _, conns in cameras for c in conns]
             bar = tqdm(total=total, unit="frame", desc="replay", file=sys.stderr,
                        disable=not options.progress, dynamic_ncols=True)
-            with bar, logging_redirect_tqdm(loggers=[LOG]):
+            # The root logger's console handler (not LOG's) prints: redirecting LOG would
+            # print every warning twice.
+            with bar, logging_redirect_tqdm():
                 for conn, log_time, raw in iter_messages(reader, connections, in_bag):
                     cam = conn_to_cam[conn.id]
                     st = stats[cam.input]
@@ -320,25 +352,39 @@ def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
             writer.set_custom_data(REPLAY_INFO_KEY, json.dumps(
                 {k: dataclasses.asdict(v) for k, v in stats.items()}, sort_keys=True))
             writer.close()
-        except BaseException:
+        except BaseException as exc:
             writer.close()
-            partial = out_bag.with_name(out_bag.name + ".partial")
+            partial = partial_path(out_bag)
             if partial.exists():
                 raise ReplayError(f"{partial} exists; the partial output stays in {out_bag}"
                                   ) from None
             out_bag.rename(partial)
+            written = sum(s.detection_arrays for s in stats.values())
+            read = sum(s.frames for s in stats.values())
+            if isinstance(exc, KeyboardInterrupt):  # the summary is the tool's last line
+                raise KeyboardInterrupt(f"{read} of {total} frame(s) read, the {written} "
+                                        f"DetectionArray(s) written so far are in "
+                                        f"{partial}") from None
             LOG.error("replay stopped; the %d DetectionArray(s) written so far are in %s",
-                      sum(s.detection_arrays for s in stats.values()), partial)
+                      written, partial)
             raise
-    return ReplaySummary(out_bag, stats, time.perf_counter() - started, pipeline_s)
+    report = getattr(reader, "report", None)  # a cut mcap read by mcap_salvage
+    return ReplaySummary(out_bag, stats, time.perf_counter() - started, pipeline_s,
+                         report.describe(requested) if report is not None else None,
+                         report.lost(requested) if report is not None else 0)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
-        epilog="Exit status: 0 ok, 2 error, 3 ok but some frames were skipped.")
-    parser.add_argument("in_bag", help="input rosbag2 folder (or .mcap/.db3 file)")
-    parser.add_argument("out_bag", help="output bag folder (must not exist)")
+def build_parser() -> ToolParser:
+    parser = ToolParser(
+        prog="vlsam-replay-bag", description=__doc__.splitlines()[0],
+        epilog="Exit status: 0 ok, 2 error (bad arguments, configuration, bag or topic; "
+               "checked before the models load), 3 ok but some frames were skipped or "
+               "unreadable, 130 interrupted (what was written is kept in OUT_BAG.partial).")
+    parser.add_argument("in_bag", nargs="?",
+                        help="input rosbag2 folder (or .mcap/.db3 file); required unless "
+                             "--print-config or --list-keys")
+    parser.add_argument("out_bag", nargs="?", help="output bag folder (must not exist); "
+                                                   "required like in_bag")
     parser.add_argument("--config", help="ROS parameter YAML (e.g. config/vlsam.yaml)")
     parser.add_argument("--profile", metavar="NAME|FILE",
                         help="profile overlay after --config, before --set: a name from "
@@ -358,28 +404,51 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="undecodable frames: skip (logged, recorded) or error")
     parser.add_argument("--stats", help="write throughput and counts to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_options(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    if not (args.list_keys or args.print_config) and (args.in_bag is None
+                                                        or args.out_bag is None):
+        parser.error("the following arguments are required: in_bag, out_bag")
+    if args.list_keys:
+        print(list_keys_text())
+        return EXIT_OK
+
+    def body() -> int:
+        if args.config is not None:
+            check_input(Path(args.config), "--config", folder=False)
         cfg = load_config(args.config, parse_set_flags(args.set), profile=args.profile)
+        if args.print_config:
+            print(config_text(cfg, args.node_name, "vlsam-replay-bag"), end="")
+            return EXIT_OK
         options = ReplayOptions(tuple(args.topics) if args.topics else None, args.node_name,
                                 args.overlay, args.storage, args.timing, args.on_bad_frame,
                                 not args.no_progress)
+        check_replay_inputs(args.in_bag, args.out_bag, cfg, options)
+        if args.stats:
+            check_output_parent(Path(args.stats), "--stats file")
         from vlsam_ros.core.pipeline import build_pipeline
 
         pipeline = build_pipeline(cfg)
         summary = replay_bag(args.in_bag, args.out_bag, pipeline, cfg, options)
-    except (ConfigError, BagError, ReplayError, VlsamError) as exc:
-        print(f"vlsam-replay-bag: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    info = summary.as_dict()
-    rate = info["frames_per_s"] or 0.0
-    print(f"replayed {info['frames']} frame(s) into {summary.out_bag}: {rate:.2f} frames/s, "
-          f"pipeline {summary.pipeline_s:.2f} s of {summary.wall_s:.2f} s wall; "
-          f"{summary.skipped} skipped")
-    if args.stats:
-        Path(args.stats).write_text(json.dumps(info, indent=2) + "\n")
-    return EXIT_SKIPPED if summary.skipped else EXIT_OK
+        info = summary.as_dict()
+        rate = info["frames_per_s"] or 0.0
+        print(f"replayed {info['frames']} frame(s) into {summary.out_bag}: {rate:.2f} "
+              f"frames/s, pipeline {summary.pipeline_s:.2f} s of {summary.wall_s:.2f} s wall; "
+              f"{summary.skipped} skipped")
+        if summary.truncated_input is not None:
+            print(f"input: {summary.truncated_input}")
+        if args.stats:
+            write_text_atomically(args.stats, json.dumps(info, indent=2) + "\n")
+        partial_input = summary.truncated_input is not None
+        return EXIT_SKIPPED if summary.skipped or partial_input else EXIT_OK
+
+    return run_tool("vlsam-replay-bag", body, (BagError, ReplayError))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ schema defaults. No ROS import.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from vlsam_ros.core.config import (VlsamConfig, from_flat, layered_parameters, parse_set_flags,
                                    schema, to_flat)
+from vlsam_ros.tools.cli import EXIT_OK, ToolParser, run_tool, write_text_atomically
 
 HEADER = """\
 # vlsam_ros parameters (ROS 2 parameter-file layout), generated from the config schema
@@ -63,21 +63,34 @@ def params_yaml(cfg: VlsamConfig, node_name: str = "vlsam") -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--node-name", default="vlsam")
+def build_parser() -> ToolParser:
+    parser = ToolParser(prog="vlsam-write-params-yaml", description=__doc__.splitlines()[0],
+                        epilog="Exit status: 0 written, 2 invalid --profile/--set or "
+                               "unwritable output, 130 interrupted.")
+    parser.add_argument("out", type=Path, help="parameter file to write (replaced atomically "
+                                               "if it exists), e.g. config/vlsam.yaml")
+    parser.add_argument("--node-name", default="vlsam",
+                        help="node name the parameters are for (default: %(default)s)")
     parser.add_argument("--profile", metavar="NAME|FILE",
                         help="apply a profile overlay (config/profiles: paper, edge, cpu, or "
                              "a YAML path) over the defaults, before --set")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    cfg = from_flat(layered_parameters(None, args.profile, parse_set_flags(args.overrides),
-                                       args.node_name))
-    args.out.write_text(params_yaml(cfg, args.node_name))
-    print(f"wrote {args.out}")
-    return 0
+                        metavar="KEY=VALUE", help="write this value instead of the schema "
+                        "default (repeatable), e.g. --set device=cpu")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        cfg = from_flat(layered_parameters(None, args.profile, parse_set_flags(args.overrides),
+                                           args.node_name))
+        write_text_atomically(args.out, params_yaml(cfg, args.node_name))
+        print(f"wrote {args.out}")
+        return EXIT_OK
+
+    return run_tool("vlsam-write-params-yaml", body)
 
 
 if __name__ == "__main__":

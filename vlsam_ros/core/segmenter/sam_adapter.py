@@ -11,15 +11,17 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import warnings
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import SamConfig, VlsamConfig
 from vlsam_ros.core.device import resolve_device
-from vlsam_ros.core.errors import ModelNotFoundError
+from vlsam_ros.core.errors import ModelLoadError, ModelNotFoundError
 from vlsam_ros.core.segmenter.base import LOW_RES_MASK_SIZE, SegmentationBatch
 from vlsam_ros.core.segmenter.factored_decoder import (
     ImageSideCache, build_image_side_cache, decode_best_masks)
@@ -80,11 +82,75 @@ def build_sam_model(sam_type: str) -> torch.nn.Module:
     return model.eval()
 
 
+_PICKLE_PROTO = b"\x80"  # first byte of a pickle (torch.save's legacy, non-zip format)
+
+_VIT_TYPES_BY_WIDTH = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+"""Width of the ViT image encoder (last dim of ``image_encoder.pos_embed``) per SAM type."""
+
+
+def checkpoint_sam_type(state: Any) -> str | None:
+    """The SAM type a state dict was saved from ('vit_t', 'vit_b', 'vit_l', 'vit_h'), or None
+    when it does not look like a SAM/MobileSAM checkpoint at all.
+
+    MobileSAM's TinyViT encoder has ``image_encoder.patch_embed.seq.*`` / ``layers.*``
+    weights; SAM's ViT encoders have ``image_encoder.pos_embed`` of shape
+    (1, 64, 64, width) with width 768 / 1024 / 1280 for vit_b / vit_l / vit_h.
+    """
+    if not isinstance(state, Mapping):
+        return None
+    keys = [k for k in state if isinstance(k, str)]
+    if any(k.startswith(("image_encoder.patch_embed.seq.", "image_encoder.layers."))
+           for k in keys):
+        return "vit_t"
+    pos = state.get("image_encoder.pos_embed")
+    if isinstance(pos, torch.Tensor) and pos.ndim == 4:
+        return _VIT_TYPES_BY_WIDTH.get(int(pos.shape[-1]))
+    return None
+
+
+def _read_checkpoint(path: Path, sam_type: str, variant: SamVariant,
+                     device: torch.device) -> Mapping[str, Any]:
+    """The state dict at ``path``; ModelLoadError naming the file when it is not a
+    SAM/MobileSAM checkpoint of ``sam_type``."""
+    get_it = (f"Download the official {variant.checkpoint_file} ({variant.checkpoint_url}) "
+              f"and set sam.checkpoint to its path, or build tiny random test weights with "
+              f"`vlsam-make-tiny-models`.")
+    with path.open("rb") as f:
+        head = f.read(1)
+    if not zipfile.is_zipfile(path) and head != _PICKLE_PROTO:
+        raise ModelLoadError(
+            f"SAM checkpoint '{path}' (sam.checkpoint) is not a PyTorch checkpoint (neither "
+            f"torch.save's zip archive nor a pickle): the file is damaged (truncated "
+            f"download?) or of another kind. "
+            f"{get_it}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- pickle, zip and torch errors of a bad file
+        detail = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ModelLoadError(
+            f"SAM checkpoint '{path}' (sam.checkpoint) cannot be read as a PyTorch state dict "
+            f"({type(exc).__name__}: {detail}); the file is damaged (truncated download?) or "
+            f"of another kind. {get_it}") from None
+    found = checkpoint_sam_type(state)
+    if found is None:
+        raise ModelLoadError(
+            f"SAM checkpoint '{path}' (sam.checkpoint) is a PyTorch file but not a "
+            f"SAM/MobileSAM state dict (no image_encoder weights). {get_it}")
+    if found != sam_type:
+        raise ModelLoadError(
+            f"SAM checkpoint '{path}' (sam.checkpoint) holds {found} weights "
+            f"({SAM_VARIANTS[found].module}), but sam.type is {sam_type}: set sam.type: "
+            f"{found}, or point sam.checkpoint at a {sam_type} checkpoint "
+            f"({variant.checkpoint_file}).")
+    return state
+
+
 def load_sam_model(sam_type: str, checkpoint: str | Path, device: torch.device) -> torch.nn.Module:
     """Builds ``sam_type`` and loads the state dict at ``checkpoint`` onto ``device``.
 
     Raises ModelNotFoundError (saying what to download and which key to set) when the file
-    is missing.
+    is missing, ModelLoadError (naming the file and the key) when it is not a checkpoint of
+    ``sam_type``: unreadable, not a SAM state dict, or another SAM type's weights.
     """
     variant = SAM_VARIANTS.get(sam_type)
     if variant is None:
@@ -96,9 +162,16 @@ def load_sam_model(sam_type: str, checkpoint: str | Path, device: torch.device) 
             f"official {variant.checkpoint_file} ({variant.checkpoint_url}) and set "
             f"sam.checkpoint to its path, or build tiny random test weights with "
             f"`vlsam-make-tiny-models`.")
+    state = _read_checkpoint(path, sam_type, variant, device)
     model = build_sam_model(sam_type)
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:  # missing/unexpected keys or shape mismatches
+        detail = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ModelLoadError(
+            f"SAM checkpoint '{path}' (sam.checkpoint) does not fit the {sam_type} "
+            f"architecture ({detail}); use the official {variant.checkpoint_file} "
+            f"({variant.checkpoint_url}) or set sam.type to the checkpoint's type.") from None
     return model.to(device).eval()
 
 
@@ -130,6 +203,8 @@ class SamSegmenter:
         # The exact resize SAM was trained with (PIL bilinear, longest side to img_size).
         self.resize = transforms.ResizeLongestSide(int(model.image_encoder.img_size))
         self.configure(sam_cfg)
+        for block in _encoder_blocks(model.image_encoder):  # cancellation safe points
+            block.register_forward_pre_hook(_encoder_safe_point)
 
     def configure(self, sam_cfg: SamConfig) -> None:
         """Applies multimask, mask_threshold, decoder and decoder_chunk from the next
@@ -239,6 +314,27 @@ class SamSegmenter:
             chunk = CPU_DECODER_CHUNK if self.device.type == "cpu" else CUDA_DECODER_CHUNK
         return decode_best_masks(self.model, embedding.features, sparse, dense,
                                  self.multimask, cache, chunk)
+
+
+def _encoder_blocks(encoder: torch.nn.Module) -> list[torch.nn.Module]:
+    """The sequential blocks of a SAM ViT (``blocks``: 12-32 transformer blocks) or MobileSAM
+    TinyViT (``layers``, each a ModuleList of ``blocks`` plus a downsampling step) image
+    encoder, before each of which a cancelled frame may stop."""
+    out: list[torch.nn.Module] = []
+    for name in ("blocks", "layers"):
+        stages = getattr(encoder, name, None)
+        if isinstance(stages, torch.nn.ModuleList):
+            for stage in stages:
+                inner = getattr(stage, "blocks", None)
+                out.extend(inner if isinstance(inner, torch.nn.ModuleList) else [stage])
+                downsample = getattr(stage, "downsample", None)
+                if isinstance(downsample, torch.nn.Module):
+                    out.append(downsample)
+    return out
+
+
+def _encoder_safe_point(module: torch.nn.Module, args: Any) -> None:
+    cancellation.check("in the SAM image encoder")
 
 
 def load_segmenter(cfg: VlsamConfig) -> SamSegmenter:

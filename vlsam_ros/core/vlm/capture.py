@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -36,27 +36,81 @@ _RECORDER_ATTR = "_vlsam_recorder"
 
 
 @dataclass
+class PrefixCapture:
+    """The capture of one prompt prefix prefilled once (batch 1) and shared by several
+    batch rows (prefix sharing: every prompt of one image starts with the same tokens).
+
+    ``queries[l]``: (H, L, d); ``keys[l]``: (KV, L, d); ``probs[l]``: (H, L, L) float32
+    (reference mode only; empty in fast mode), positions 0..L-1 of every sharing row.
+    ``users``: rows that still reference it; the recorder frees it when the last one is
+    released. Held once, however many rows share it.
+    """
+
+    queries: list[torch.Tensor]
+    keys: list[torch.Tensor]
+    probs: list[torch.Tensor]
+    users: int = 0
+
+    def __len__(self) -> int:
+        t = self.queries[0] if self.queries else self.probs[0]
+        return int(t.shape[1])
+
+    def nbytes(self) -> int:
+        return sum(_nbytes(t) for t in (*self.queries, *self.keys, *self.probs))
+
+
+@dataclass
 class RowCapture:
     """What the attention method needs of ONE batch row, cut out of the batched capture.
 
-    ``queries[l]``: (H, T, d) every query row of layer l in sequence order (padded positions
-    included; T = padded prompt length + decoding steps).
-    ``keys[l]``: (KV, T, d) keys of layer l.
-    ``probs[l]``: list of (H, q_t, k_t) float32 probabilities per forward call (reference
-    mode only; empty in fast mode).
+    Positions are those of the row's unpadded sequence (0 = first prompt token; padding is
+    never kept). With ``prefix`` (prefix sharing) positions 0..L-1 are the shared prefix's
+    and the tensors below hold positions L.. only; without it they hold every position.
+
+    ``queries[l]``: (H, T_own, d) query rows of layer l in sequence order.
+    ``keys[l]``: (KV, T_own, d) keys of layer l.
+    ``probs[l]``: list of (H, q_t, k_t) float32 probabilities per forward call, rows in
+    sequence order, columns = positions 0..k_t-1 (reference mode only; empty in fast mode).
     ``scaling[l]``: the softmax scale layer l used.
-    Every tensor is this row's own storage (no view into the batch), so dropping the object
-    frees the row's capture.
+    Every own tensor is this row's own storage (no view into the batch), so dropping the
+    object frees the row's capture; the prefix is shared, never copied per row.
     """
 
     queries: list[torch.Tensor]
     keys: list[torch.Tensor]
     probs: list[list[torch.Tensor]]
     scaling: list[float]
+    prefix: PrefixCapture | None = None
+    joined_bytes: int = 0   # transient prefix + own copies made by AttentionRecorder.sequence
 
     def nbytes(self) -> int:
+        """Bytes of the row's own tensors (the shared prefix is not counted)."""
         return (sum(_nbytes(t) for t in self.queries) + sum(_nbytes(t) for t in self.keys)
                 + sum(_nbytes(t) for chunks in self.probs for t in chunks))
+
+    def sequence(self, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer (H, n, d) queries and (KV, n, d) keys of positions [0, n): views of the
+        row's tensors, or (with a shared prefix) the prefix and the row's own rows joined,
+        a transient copy that lives while this row's maps are made."""
+        if self.prefix is None:
+            return [q[:, :n] for q in self.queries], [k[:, :n] for k in self.keys]
+        p = self.prefix
+        return ([torch.cat([pq, q], dim=1)[:, :n] for pq, q in zip(p.queries, self.queries)],
+                [torch.cat([pk, k], dim=1)[:, :n] for pk, k in zip(p.keys, self.keys)])
+
+    def full_probs(self, layer: int, n: int) -> torch.Tensor:
+        """(H, n, n) float32 probabilities of ``layer`` over positions [0, n), stitched from
+        the prefix block (if shared) and the row's per-call chunks (each (H, q_t, k_t))."""
+        chunks = ([self.prefix.probs[layer]] if self.prefix is not None else []) \
+            + list(self.probs[layer])
+        total = sum(c.shape[1] for c in chunks)
+        full = torch.zeros((chunks[0].shape[0], total, total), dtype=torch.float32)
+        row = 0
+        for c in chunks:
+            q, k = c.shape[1], c.shape[2]
+            full[:, row:row + q, :k] = c.float().cpu()
+            row += q
+        return full[:, :n, :n]
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -66,7 +120,8 @@ def _nbytes(t: torch.Tensor) -> int:
 
 @dataclass
 class AttentionRecorder:
-    """What one ``generate`` call left behind, per language-model layer.
+    """What one ``generate`` call left behind, per language-model layer (with prefix
+    sharing, each batch-1 prefix prefill before it is moved out by ``take_prefix`` first).
 
     ``queries[l]``: list of (B, H, q_t, d) tensors, one per forward call, in order.
     ``keys[l]``: the last (B, KV, k, d) key tensor seen (all positions so far).
@@ -115,28 +170,83 @@ class AttentionRecorder:
         self.probs.setdefault(layer, []).append(probs)
         self._account(_nbytes(probs))
 
-    def split_rows(self, batch: int) -> list[RowCapture]:
+    def take_prefix(self) -> PrefixCapture:
+        """Moves what one batch-1 prefill left (one forward call per layer) into a
+        ``PrefixCapture`` and empties the recorder for the next call; the bytes stay
+        accounted until the prefix's last user is released."""
+        layers = sorted(self.scaling)
+        queries, keys, probs = [], [], []
+        for l in layers:
+            q_chunks = self.queries.pop(l, [])
+            p_chunks = self.probs.pop(l, [])
+            key = self.keys.pop(l, None)
+            if len(q_chunks) > 1 or len(p_chunks) > 1:
+                raise RuntimeError("take_prefix expects the capture of exactly one forward call")
+            for chunk, out in ((q_chunks, queries), (p_chunks, probs)):
+                if chunk:
+                    if chunk[0].shape[0] != 1:
+                        raise RuntimeError("take_prefix expects a batch-1 prefill")
+                    out.append(chunk[0][0])
+            if key is not None:
+                keys.append(key[0])
+        return PrefixCapture(queries, keys, probs)
+
+    def split_rows(self, first_own: Sequence[int], origin: int = 0,
+                   prefixes: Sequence[PrefixCapture | None] | None = None) -> list[RowCapture]:
         """Cuts the batched capture into one ``RowCapture`` per batch row and drops the
         batched tensors, layer by layer, so the whole capture is copied once in total (never
         once per row) and the peak stays at about one batch plus one layer. The recorder is
-        empty afterwards; call ``release(row)`` when a row's maps are made."""
+        empty afterwards; call ``release(row)`` when a row's maps are made.
+
+        Positions below are those of the batched (padded) layout the recorded calls ran on.
+        ``origin``: the layout position of the first recorded query (0, or the length of
+        the cache the calls continued from). ``first_own[b]``: row b's first position that
+        is its own (not padding, not the shared prefix); from there to the end every
+        position of the row is valid (left padding, or padding between a shared prefix and
+        the row's suffix). ``prefixes[b]``: row b's shared prefix, occupying the layout
+        positions ``[origin - len(prefix), origin)``, or None (then positions before
+        ``first_own[b]`` are padding). Rows keep only their own positions.
+        """
+        batch = len(first_own)
+        prefixes = list(prefixes) if prefixes is not None else [None] * batch
         layers = sorted(self.scaling)
-        rows = [RowCapture([], [], [], [self.scaling[l] for l in layers]) for _ in range(batch)]
+        rows = [RowCapture([], [], [], [self.scaling[l] for l in layers], prefix=pre)
+                for pre in prefixes]
+        for pre in prefixes:
+            if pre is not None:
+                pre.users += 1
+        # Probability columns each row keeps: its prefix block, then its own positions.
+        columns = [torch.arange(origin - len(pre), origin) if pre is not None
+                   else torch.zeros(0, dtype=torch.long) for pre in prefixes]
         for l in layers:
             chunks = self.queries.pop(l, [])
             key = self.keys.pop(l, None)
             prob_chunks = self.probs.pop(l, [])
             for b, row in enumerate(rows):
+                start = first_own[b]
                 if chunks:
-                    q = torch.cat([c[b] for c in chunks], dim=1)     # (H, T, d), a copy
+                    own, pos = [], origin
+                    for c in chunks:                                 # (B, H, q_t, d)
+                        r0 = max(0, start - pos)
+                        if r0 < c.shape[2]:
+                            own.append(c[b, :, r0:])
+                        pos += c.shape[2]
+                    q = torch.cat(own, dim=1)                        # (H, T_own, d), a copy
                     row.queries.append(q)
                     self._account(_nbytes(q))
                 if key is not None:
-                    k = key[b].clone()                               # (KV, T, d)
+                    k = key[b, :, start:].clone()                    # (KV, T_own, d)
                     row.keys.append(k)
                     self._account(_nbytes(k))
                 if prob_chunks:
-                    p = [c[b].clone() for c in prob_chunks]          # (H, q_t, k_t) each
+                    p, pos = [], origin
+                    for c in prob_chunks:                            # (B, H, q_t, k_t)
+                        r0 = max(0, start - pos)
+                        if r0 < c.shape[2]:
+                            cols = torch.cat([columns[b],
+                                              torch.arange(start, c.shape[3])]).to(c.device)
+                            p.append(c[b, :, r0:].index_select(-1, cols))  # a copy
+                        pos += c.shape[2]
                     row.probs.append(p)
                     self._account(sum(_nbytes(t) for t in p))
             self._account(-sum(_nbytes(c) for c in chunks)
@@ -145,12 +255,32 @@ class AttentionRecorder:
             del chunks, key, prob_chunks
         return rows
 
+    def sequence(self, row: RowCapture, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``row.sequence(n)``, accounting the transient copy that joins a shared prefix to
+        the row's own positions (held until ``release(row)``)."""
+        queries, keys = row.sequence(n)
+        if row.prefix is not None:
+            joined = sum(_nbytes(t) for t in (*queries, *keys))
+            row.joined_bytes += joined
+            self._account(joined)
+        return queries, keys
+
     def release(self, row: RowCapture) -> None:
-        """Accounts for a row whose tensors the caller is about to drop."""
-        self._account(-row.nbytes())
+        """Accounts for a row whose tensors the caller is about to drop; frees the row's
+        shared prefix with its last user."""
+        self._account(-row.nbytes() - row.joined_bytes)
+        row.joined_bytes = 0
         row.queries.clear()
         row.keys.clear()
         row.probs.clear()
+        pre, row.prefix = row.prefix, None
+        if pre is not None:
+            pre.users -= 1
+            if pre.users == 0:
+                self._account(-pre.nbytes())
+                pre.queries.clear()
+                pre.keys.clear()
+                pre.probs.clear()
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -16,6 +16,14 @@ Object token rows: the map of a name uses, for each of its generated tokens, the
 that *generated* that token (the position just before it), which is the attention returned
 for that step by ``generate(output_attentions=True)`` and exists for every generated token
 (the last generated token is never fed back). Multi-token names average their rows.
+
+Images go through a copy of the checkpoint's processor fitted by ``vlm.image_fit`` and the
+pixel budgets (``image_fit.py``: the whole frame by default); the same fitted processor
+gives the token layout, so the map's grid box matches what the VLM saw.
+
+Prefix sharing (``vlm.share_image_prefix``, ``prefix_sharing.py``): the prompts of one
+image are prefilled up to and including the image tokens once (batch 1, vision tower
+once), under the same capture, and ``generate`` continues every question from that cache.
 """
 
 from __future__ import annotations
@@ -31,8 +39,10 @@ from vlsam_ros.core.config import AttentionConfig, VlmConfig
 from vlsam_ros.core.errors import (AttentionUnavailableError, InvalidImageError,
                                    ModelNotFoundError)
 from vlsam_ros.core.results import ObjectName, VlmAnswer
-from vlsam_ros.core.vlm import layouts
-from vlsam_ros.core.vlm.capture import QKHook, RowCapture, attention_modules, capturing
+from vlsam_ros.core.vlm import layouts, prefix_sharing, stopping
+from vlsam_ros.core.vlm.capture import (AttentionRecorder, QKHook, RowCapture,
+                                        attention_modules, capturing)
+from vlsam_ros.core.vlm.image_fit import ImageFit, fit_processor
 from vlsam_ros.core.vlm.object_names import parse_object_names, token_char_spans
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -85,6 +95,8 @@ class HuggingFaceVlm:
         self.qk_hook: QKHook | None = None
         # Peak bytes the attention capture held during the latest describe().
         self.last_capture_peak_bytes = 0
+        self._fitted: dict[ImageFit, Any] = {}     # fitted processors per image-fit setting
+        self._idefics3_marker_ids: tuple[dict[int, tuple[int, int]], int] | None = None
 
     # --- family hooks ----------------------------------------------------------------
 
@@ -97,8 +109,35 @@ class HuggingFaceVlm:
         raise AttentionUnavailableError(f"{type(self.model).__name__}: decoder not found")
 
     def image_layout(self, ids: Sequence[int], image_hw: tuple[int, int], inputs: dict,
-                     index: int) -> layouts.ImageLayout:
-        raise NotImplementedError
+                     index: int, processor: Any = None) -> layouts.ImageLayout:
+        """Token layout of batch row ``index`` (``ids``: its unpadded prompt ids) as prepared
+        by ``processor`` (default: ``fitted_processor()``, the default image fit)."""
+        processor = processor if processor is not None else self.fitted_processor()
+        marker_ids = None
+        if self.family == "idefics3":
+            if self._idefics3_marker_ids is None:
+                self._idefics3_marker_ids = layouts.idefics3_markers(self.tokenizer)
+            marker_ids = self._idefics3_marker_ids
+        return layouts.family_layout(self.family, ids, self.image_token_id(), image_hw,
+                                     processor, inputs, index, marker_ids)
+
+    def fitted_processor(self, vlm_cfg: VlmConfig | None = None) -> Any:
+        """The processor that prepares images under ``vlm_cfg``'s image fit and budgets
+        (default ``VlmConfig()``); a cached copy, the loaded processor is not modified."""
+        fit = ImageFit.from_config(vlm_cfg if vlm_cfg is not None else VlmConfig())
+        if fit not in self._fitted:
+            self._fitted[fit] = fit_processor(self.processor, self.family, fit)
+        return self._fitted[fit]
+
+    def match_model_to(self, processor: Any) -> None:
+        """Makes the model's own copy of processor settings agree with ``processor`` (only
+        LLaVA-NeXT keeps one: its grid pinpoints)."""
+
+    def image_inputs_of_row(self, inputs: dict, index: int) -> dict[str, Any]:
+        """The image inputs (everything but the per-token ones) of batch row ``index``, as
+        a batch of one: by default each tensor's first dimension is the batch."""
+        return {k: (v[index:index + 1] if isinstance(v, torch.Tensor) else v)
+                for k, v in inputs.items() if k not in prefix_sharing.TOKEN_KEYS}
 
     def image_token_id(self) -> int:
         cfg = self.model.config
@@ -120,23 +159,19 @@ class HuggingFaceVlm:
             return []
         images = [check_image(im, i) for i, im in enumerate(images)]
         prompts = [self._prompt(q, with_image=True) for q in questions]
-        inputs = self._inputs(prompts, images)
+        processor = self.fitted_processor(vlm_cfg)
+        self.match_model_to(processor)
+        inputs = self._inputs(prompts, images, processor)
         if attn_cfg.capture == "reference":
             self._check_reference_size(inputs, vlm_cfg, attn_cfg)
-        with capturing(self.language_model(), attn_cfg.capture, self.qk_hook) as rec:
-            sequences = self._generate(inputs, vlm_cfg)
-        samples = self._samples(inputs, sequences, vlm_cfg)
-        # The batched capture becomes one capture per row (copied once in total); each
-        # row's capture is released as soon as its maps are made, so capture memory peaks
-        # at about one batch and never grows with batch x batch.
-        rows = rec.split_rows(len(samples))
+        samples, rows, rec = self._generate_captured(images, inputs, vlm_cfg, attn_cfg)
         answers = []
         for b, (image, question, sample) in enumerate(zip(images, questions, samples)):
             hw = (int(image.shape[0]), int(image.shape[1]))
             valid_ids = inputs["input_ids"][b, sample.pad:].tolist()
-            layout = self.image_layout(valid_ids, hw, inputs, b)
+            layout = self.image_layout(valid_ids, hw, inputs, b, processor)
             if sample.objects:
-                flow = self._object_rows(rows[b], sample, layout, attn_cfg)
+                flow = self._object_rows(rows[b], sample, layout, attn_cfg, rec)
                 maps = torch.stack([attn.object_map(r, layout.grid_index, hw, layout.box_xyxy)
                                     for r in flow]).numpy().astype(np.float32)
             else:
@@ -146,6 +181,43 @@ class HuggingFaceVlm:
                                      attention_maps=maps, grid_shape=layout.grid_shape))
         self.last_capture_peak_bytes = rec.peak_bytes
         return answers
+
+    def _generate_captured(self, images: list[np.ndarray], inputs: dict, vlm_cfg: VlmConfig,
+                           attn_cfg: AttentionConfig
+                           ) -> tuple[list[_Sample], list[RowCapture], AttentionRecorder]:
+        """Generates the batch under the attention capture; returns per row the sample,
+        its capture (positions of the unpadded sequence) and the recorder (accounting).
+
+        With ``vlm.share_image_prefix`` each distinct image's prompt prefix (image tokens
+        included; the image precedes the question in every family's prompt) is encoded and
+        prefilled once and shared by its questions (``prefix_sharing``); otherwise, or when
+        a batch's prompts do not share such a prefix, every row runs in full.
+        """
+        plan = (prefix_sharing.plan_or_warn(images, inputs, self.image_token_id(), self.family)
+                if vlm_cfg.share_image_prefix else None)
+        prompt_ids = inputs["input_ids"]
+        with capturing(self.language_model(), attn_cfg.capture, self.qk_hook) as rec:
+            if plan is None:
+                sequences = self._generate(inputs, vlm_cfg)
+                generated = sequences[:, prompt_ids.shape[1]:]
+            else:
+                generated, prefixes = prefix_sharing.generate_shared(self, plan, inputs,
+                                                                     vlm_cfg, rec)
+        # Bookkeeping on the unpadded sequences (prompt as processed, then generated), the
+        # same for both paths.
+        samples = self._samples(inputs, torch.cat([prompt_ids, generated.to(prompt_ids.device)],
+                                                  dim=1), vlm_cfg)
+        # The batched capture becomes one capture per row (copied once in total); each
+        # row's capture is released as soon as its maps are made, so capture memory peaks
+        # at about one batch and never grows with batch x batch. A shared prefix is held
+        # once per image, never per row.
+        if plan is None:
+            rows = rec.split_rows([s.pad for s in samples])
+        else:
+            rows = rec.split_rows([plan.first_own(b) for b in range(len(samples))],
+                                  origin=plan.prefix_width,
+                                  prefixes=[prefixes[g] for g in plan.group_of])
+        return samples, rows, rec
 
     def generate_text(self, prompt: str, vlm_cfg: VlmConfig) -> str:
         """Text-only generation with the model's chat template; returns the decoded text."""
@@ -166,13 +238,17 @@ class HuggingFaceVlm:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True,
                                                   tokenize=False)
 
-    def _inputs(self, prompts: list[str], images: list[np.ndarray] | None) -> dict:
+    def _inputs(self, prompts: list[str], images: list[np.ndarray] | None,
+                processor: Any = None) -> dict:
+        """Processor outputs on the model's device and dtype. ``processor``: the one that
+        prepares the images (default ``fitted_processor()``)."""
         from PIL import Image
 
+        processor = processor if processor is not None else self.fitted_processor()
         kwargs: dict[str, Any] = {"text": prompts, "padding": True, "return_tensors": "pt"}
         if images is not None:
             kwargs["images"] = [Image.fromarray(im) for im in images]
-        batch = self.processor(**kwargs)
+        batch = processor(**kwargs)
         dtype = self.model.dtype
         out = {}
         for k, v in batch.items():
@@ -228,10 +304,13 @@ class HuggingFaceVlm:
             gen_kwargs.update(temperature=vlm_cfg.temperature, top_p=vlm_cfg.top_p)
         else:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        gen_kwargs.update(stopping.generation_stop_kwargs())  # cancellation (safe point)
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.inference_mode(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(vlm_cfg.seed)
-            return self.model.generate(**inputs, **gen_kwargs)
+            sequences = self.model.generate(**inputs, **gen_kwargs)
+        stopping.raise_if_generation_cancelled(gen_kwargs)
+        return sequences
 
     def _samples(self, inputs: dict, sequences: torch.Tensor, vlm_cfg: VlmConfig) -> list[_Sample]:
         mask = inputs["attention_mask"]
@@ -244,8 +323,7 @@ class HuggingFaceVlm:
                 raise AttentionUnavailableError("prompts must be left-padded")
             text_ids, fed = self._until_eos(sequences[b, padded_len:].tolist())
             text, spans = token_char_spans(self.tokenizer, text_ids)
-            objects = parse_object_names(text, spans, max_object_words=vlm_cfg.max_object_words,
-                                         max_objects=vlm_cfg.max_objects)
+            objects = parse_object_names(text, spans, cfg=vlm_cfg)
             rows = tuple(tuple(prompt_len + t - 1 for t in range(*o.token_span)) for o in objects)
             samples.append(_Sample(pad=pad, prompt_len=prompt_len,
                                    seq_len=prompt_len + max(fed, 1) - 1, text=text,
@@ -253,9 +331,10 @@ class HuggingFaceVlm:
         return samples
 
     def _object_rows(self, row: RowCapture, sample: _Sample, layout: layouts.ImageLayout,
-                     cfg: AttentionConfig) -> torch.Tensor:
-        """(M, N) object rows of the flow for one batch row's capture (fast or reference)."""
-        n, s0 = sample.seq_len, sample.pad
+                     cfg: AttentionConfig, rec: AttentionRecorder) -> torch.Tensor:
+        """(M, N) object rows of the flow for one batch row's capture (fast or reference);
+        ``rec`` accounts the memory the row's capture takes meanwhile."""
+        n = sample.seq_len
         if not row.scaling:
             raise AttentionUnavailableError("no attention was captured during generate")
         key_mask = torch.zeros(n, dtype=torch.bool)
@@ -265,30 +344,15 @@ class HuggingFaceVlm:
                       regularize=cfg.regularize, row_normalize=cfg.row_normalize,
                       use_flow=cfg.use_flow)
         if cfg.capture == "reference":
-            probs = [self._full_probs(chunks, s0, n) for chunks in row.probs]
+            probs = [row.full_probs(layer, n) for layer in range(len(row.probs))]
             return attn.reference_object_rows(probs, list(sample.rows), image_key_mask=key_mask,
                                               **common)
-        queries = [q[:, s0:s0 + n] for q in row.queries]
-        keys = [k[:, s0:s0 + n] for k in row.keys]
+        queries, keys = rec.sequence(row, n)
         selector = attn.row_selector(list(sample.rows), n, dtype=torch.float64,
                                      device=queries[0].device)
         return attn.object_flow_rows(queries, keys, selector, row.scaling,
                                      image_key_mask=key_mask.to(queries[0].device),
                                      query_block=cfg.query_block, **common).cpu()
-
-    @staticmethod
-    def _full_probs(chunks: list[torch.Tensor], start: int, n: int) -> torch.Tensor:
-        """(H, n, n) probabilities of one row over positions [start, start + n), stitched
-        from its prefill block and per-step rows (each (H, q_t, k_t))."""
-        total = sum(c.shape[1] for c in chunks)
-        h = chunks[0].shape[0]
-        full = torch.zeros((h, total, total), dtype=torch.float32)
-        row = 0
-        for c in chunks:
-            q, k = c.shape[1], c.shape[2]
-            full[:, row:row + q, :k] = c.float().cpu()
-            row += q
-        return full[:, start:start + n, start:start + n]
 
 
 class LlavaVlm(HuggingFaceVlm):
@@ -297,10 +361,6 @@ class LlavaVlm(HuggingFaceVlm):
     family = "llava"
     model_types = ("llava",)
 
-    def image_layout(self, ids, image_hw, inputs, index):
-        return layouts.llava_layout(ids, self.image_token_id(), image_hw,
-                                    self.processor.image_processor)
-
 
 class LlavaNextVlm(HuggingFaceVlm):
     """LLaVA-NeXT / LLaVA-1.6 (anyres tiles)."""
@@ -308,10 +368,10 @@ class LlavaNextVlm(HuggingFaceVlm):
     family = "llava_next"
     model_types = ("llava_next",)
 
-    def image_layout(self, ids, image_hw, inputs, index):
-        return layouts.llava_next_layout(ids, self.image_token_id(), image_hw,
-                                         self.processor.image_processor,
-                                         self.processor.patch_size)
+    def match_model_to(self, processor):
+        """The model unpads and counts anyres features from its config's pinpoints."""
+        self.model.config.image_grid_pinpoints = [list(p) for p in
+                                                  processor.image_processor.image_grid_pinpoints]
 
 
 class Qwen2VlVlm(HuggingFaceVlm):
@@ -320,10 +380,14 @@ class Qwen2VlVlm(HuggingFaceVlm):
     family = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
 
-    def image_layout(self, ids, image_hw, inputs, index):
-        merge = int(self.processor.image_processor.merge_size)
-        return layouts.qwen2_vl_layout(ids, self.image_token_id(), image_hw,
-                                       inputs["image_grid_thw"][index].tolist(), merge)
+    def image_inputs_of_row(self, inputs, index):
+        """Qwen2-VL flattens every image's patches into one (sum_i t*h*w, C*T*p*p)
+        ``pixel_values``; row ``index`` owns the patches after those of the rows before."""
+        out = super().image_inputs_of_row(inputs, index)
+        counts = inputs["image_grid_thw"].prod(dim=-1).tolist()
+        start = int(sum(counts[:index]))
+        out["pixel_values"] = inputs["pixel_values"][start:start + int(counts[index])]
+        return out
 
 
 class Idefics3Vlm(HuggingFaceVlm):
@@ -332,6 +396,3 @@ class Idefics3Vlm(HuggingFaceVlm):
     family = "idefics3"
     model_types = ("idefics3", "smolvlm")
 
-    def image_layout(self, ids, image_hw, inputs, index):
-        markers, global_id = layouts.idefics3_markers(self.tokenizer)
-        return layouts.idefics3_layout(ids, self.image_token_id(), image_hw, markers, global_id)

@@ -15,14 +15,19 @@ Family layouts (all read from the processed token ids, so they follow the proces
 * Idefics3 / SmolVLM: tiles marked by ``<row_r_col_c>`` tokens, each followed by its tokens
   (side x side), then ``<global-img>`` and the global image's tokens. With tiles the map
   grid is the tiles assembled (rows*side x cols*side); without splitting it is the global
-  image's grid. Both cover the whole image.
+  image's grid. Both cover the whole image. The marker tokens are read from the tokenizer's
+  vocabulary, so any grid its vocabulary spells works.
+
+``family_layout`` picks the family's layout; the backend passes the processor that prepared
+the image (``image_fit.fit_processor``), so the grid box follows pad / crop settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+import re
+from typing import Any, Sequence
 
 import torch
 
@@ -178,13 +183,21 @@ def idefics3_layout(ids: Sequence[int], image_token_id: int, image_hw: tuple[int
         raise AttentionUnavailableError("idefics3: no image tokens in the prompt")
     tiles: dict[tuple[int, int], tuple[int, int]] = {}
     global_run = None
+    gap_start = 0
     for run in runs:
-        marker = next((ids[i] for i in range(run[0] - 1, -1, -1)
+        # the run's marker lies between the previous run and this one
+        marker = next((ids[i] for i in range(run[0] - 1, gap_start - 1, -1)
                        if ids[i] in tile_marker_ids or ids[i] == global_marker_id), None)
+        gap_start = run[1]
         if marker == global_marker_id:
             global_run = run
         elif marker is not None:
             tiles[tile_marker_ids[marker]] = run
+        else:
+            raise AttentionUnavailableError(
+                f"idefics3: the image-token run at positions {run[0]}..{run[1] - 1} has no "
+                "<row_r_col_c> or <global-img> marker token before it; the tokenizer's "
+                "vocabulary lacks the marker of this tile grid (lower vlm.idefics3_longest_edge)")
     if global_run is None:
         raise AttentionUnavailableError("idefics3: no <global-img> run of image tokens found")
     side = _square_side(global_run[1] - global_run[0], "idefics3")
@@ -201,16 +214,45 @@ def idefics3_layout(ids: Sequence[int], image_token_id: int, image_hw: tuple[int
     for (r, c), (s, e) in tiles.items():
         if e - s != side * side:
             raise AttentionUnavailableError("idefics3: tiles and global image differ in tokens")
-        grid[(r - 1) * side:r * side, (c - 1) * side:c * side] = torch.arange(s, e).reshape(side, side)
+        block = torch.arange(s, e).reshape(side, side)
+        grid[(r - 1) * side:r * side, (c - 1) * side:c * side] = block
     return ImageLayout(positions, grid, box)
 
 
+_TILE_MARKER = re.compile(r"<row_(\d+)_col_(\d+)>")
+
+
 def idefics3_markers(tokenizer) -> tuple[dict[int, tuple[int, int]], int]:
-    """Token ids of ``<row_r_col_c>`` (r, c in 1..6) and of ``<global-img>``."""
+    """Token ids of every ``<row_r_col_c>`` in the tokenizer's vocabulary (added tokens
+    included; r, c 1-based, any size) -> (r, c), and the id of ``<global-img>``."""
     markers: dict[int, tuple[int, int]] = {}
-    for r in range(1, 7):
-        for c in range(1, 7):
-            tid = tokenizer.convert_tokens_to_ids(f"<row_{r}_col_{c}>")
-            if tid is not None and tid != tokenizer.unk_token_id:
-                markers[tid] = (r, c)
-    return markers, tokenizer.convert_tokens_to_ids("<global-img>")
+    for token, tid in tokenizer.get_vocab().items():
+        m = _TILE_MARKER.fullmatch(token)
+        if m:
+            markers[int(tid)] = (int(m.group(1)), int(m.group(2)))
+    global_id = tokenizer.get_vocab().get("<global-img>")
+    if global_id is None:
+        raise AttentionUnavailableError("idefics3: the tokenizer has no <global-img> token")
+    return markers, int(global_id)
+
+
+def family_layout(family: str, ids: Sequence[int], image_token_id: int,
+                  image_hw: tuple[int, int], processor: Any, inputs: dict, index: int,
+                  idefics3_marker_ids: tuple[dict[int, tuple[int, int]], int] | None = None
+                  ) -> ImageLayout:
+    """The layout of batch row ``index`` of ``family`` prepared by ``processor`` (the fitted
+    processor that produced ``inputs``); ``ids``: that row's unpadded prompt token ids.
+    ``idefics3_marker_ids``: ``idefics3_markers(tokenizer)``, computed when None."""
+    if family == "llava":
+        return llava_layout(ids, image_token_id, image_hw, processor.image_processor)
+    if family == "llava_next":
+        return llava_next_layout(ids, image_token_id, image_hw, processor.image_processor,
+                                 processor.patch_size)
+    if family == "qwen2_vl":
+        return qwen2_vl_layout(ids, image_token_id, image_hw,
+                               inputs["image_grid_thw"][index].tolist(),
+                               int(processor.image_processor.merge_size))
+    if family == "idefics3":
+        markers, global_id = idefics3_marker_ids or idefics3_markers(processor.tokenizer)
+        return idefics3_layout(ids, image_token_id, image_hw, markers, global_id)
+    raise ValueError(f"unknown VLM family {family!r}")
