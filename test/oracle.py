@@ -78,7 +78,8 @@ class OracleSegmenter:
         return image.copy()
 
     def segment(self, embedding: np.ndarray, points: np.ndarray, labels: np.ndarray,
-                mask_logits: np.ndarray | None = None) -> SegmentationBatch:
+                mask_logits: np.ndarray | None = None,
+                boxes: np.ndarray | None = None) -> SegmentationBatch:
         self.calls.append({"k": points.shape[0], "mask_logits": mask_logits is not None,
                            "points": points.copy(), "labels": labels.copy()})
         masks = []

@@ -28,20 +28,22 @@ from vlsam_ros.core.results import Detection, FrameResult
 
 @dataclasses.dataclass(frozen=True)
 class MessageTypes:
-    """The three message classes the conversion builds."""
+    """The message classes the conversion builds (``time``: builtin_interfaces/Time)."""
 
     detection: type
     detection_array: type
     region_of_interest: type
+    time: type | None = None
 
     @classmethod
     def ros(cls) -> "MessageTypes":
         """The rclpy classes (needs the colcon build of this package on the path)."""
+        from builtin_interfaces.msg import Time
         from sensor_msgs.msg import RegionOfInterest
         from vlsam_ros.msg import Detection as DetectionMsg
         from vlsam_ros.msg import DetectionArray
 
-        return cls(DetectionMsg, DetectionArray, RegionOfInterest)
+        return cls(DetectionMsg, DetectionArray, RegionOfInterest, Time)
 
     @classmethod
     def from_typestore(cls, typestore: Any) -> "MessageTypes":
@@ -49,7 +51,8 @@ class MessageTypes:
         (e.g. ``vlsam_ros.bag_io.vlsam_typestore()``)."""
         types = typestore.types
         return cls(types["vlsam_ros/msg/Detection"], types["vlsam_ros/msg/DetectionArray"],
-                   types["sensor_msgs/msg/RegionOfInterest"])
+                   types["sensor_msgs/msg/RegionOfInterest"],
+                   types["builtin_interfaces/msg/Time"])
 
 
 # ----------------------------------------------------------------------------------------
@@ -63,13 +66,29 @@ def ranked_detections(detections: Sequence[Detection]) -> list[Detection]:
     return sorted(detections, key=lambda d: -float(d.score))
 
 
-def detection_to_msg(detection: Detection, types: MessageTypes | None = None) -> Any:
+def stamp_from_ns(stamp_ns: int, time_type: type) -> Any:
+    """Nanoseconds -> ``time_type(sec=..., nanosec=...)`` (a builtin_interfaces/Time class
+    of the rclpy or rosbags family)."""
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return time_type(sec=sec, nanosec=nanosec)
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """``builtin_interfaces/Time`` -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def detection_to_msg(detection: Detection, types: MessageTypes | None = None,
+                     stamp: Any = None) -> Any:
     """One core ``Detection`` -> ``vlsam_ros/Detection``.
 
     ``mask`` (bool (H, W)) becomes ``mask_height``/``mask_width`` and COCO uncompressed RLE
     counts (column-major, first run zeros; ``vlsam_ros.core.masks.mask_to_rle_counts``).
     ``box_xyxy`` (x1/y1 exclusive) becomes a RegionOfInterest with x_offset=x0, y_offset=y0,
     width=x1-x0, height=y1-y0. ``prompt_points`` (P, 2) is flattened to x0, y0, x1, y1, ...
+    ``track_id`` is copied; ``label_stamp`` is ``label_stamp_ns`` as a Time, or ``stamp``
+    (the source image's header stamp) when the detection's label is this frame's own
+    (``label_stamp_ns`` None; zero when no ``stamp`` is given either).
 
     Raises:
         ValueError: a mask that is not 2-D, a box that is negative, inverted or outside the
@@ -91,6 +110,14 @@ def detection_to_msg(detection: Detection, types: MessageTypes | None = None) ->
                          f"{labels.shape[0]} prompt labels")
     box = types.region_of_interest(x_offset=x0, y_offset=y0, height=y1 - y0, width=x1 - x0,
                                    do_rectify=False)
+    time_type = types.time or (type(stamp) if stamp is not None else None)
+    extra = {}
+    if detection.label_stamp_ns is not None and time_type is not None:
+        extra["label_stamp"] = stamp_from_ns(detection.label_stamp_ns, time_type)
+    elif stamp is not None:
+        extra["label_stamp"] = stamp
+    elif time_type is not None:
+        extra["label_stamp"] = time_type(sec=0, nanosec=0)
     return types.detection(
         label=str(detection.label),
         alt_labels=[str(name) for name in detection.alt_labels],
@@ -101,6 +128,8 @@ def detection_to_msg(detection: Detection, types: MessageTypes | None = None) ->
         mask_rle=np.asarray(mask_to_rle_counts(np.asarray(mask, dtype=bool)), dtype=np.uint32),
         prompt_points=points.reshape(-1),
         prompt_labels=labels,
+        track_id=int(detection.track_id),
+        **extra,
     )
 
 
@@ -119,12 +148,13 @@ def frame_result_to_msg(result: FrameResult, header: Any, latency_ms: float,
     ordered = ranked_detections(result.detections)
     return types.detection_array(
         header=header,
-        detections=[detection_to_msg(d, types) for d in ordered],
+        detections=[detection_to_msg(d, types, header.stamp) for d in ordered],
         description=str(result.description),
         vlm_ms=float(result.vlm_ms),
         segment_ms=float(result.segment_ms),
         total_ms=float(result.total_ms),
         latency_ms=float(latency_ms),
+        discovery=bool(result.discovery),
     )
 
 
@@ -158,7 +188,8 @@ def msg_to_detection(msg: Any) -> Detection:
     return Detection(label=str(msg.label), score=float(msg.score), mask=mask,
                      box_xyxy=(x0, y0, x0 + int(box.width), y0 + int(box.height)),
                      prompt_points=flat.reshape(-1, 2), prompt_labels=labels,
-                     alt_labels=tuple(str(n) for n in msg.alt_labels))
+                     alt_labels=tuple(str(n) for n in msg.alt_labels),
+                     track_id=int(msg.track_id), label_stamp_ns=stamp_to_ns(msg.label_stamp))
 
 
 def msg_to_frame_result(msg: Any) -> FrameResult:
@@ -166,14 +197,16 @@ def msg_to_frame_result(msg: Any) -> FrameResult:
     are not part of it; read them from the message)."""
     return FrameResult(detections=tuple(msg_to_detection(d) for d in msg.detections),
                        description=str(msg.description), vlm_ms=float(msg.vlm_ms),
-                       segment_ms=float(msg.segment_ms), total_ms=float(msg.total_ms))
+                       segment_ms=float(msg.segment_ms), total_ms=float(msg.total_ms),
+                       discovery=bool(msg.discovery))
 
 
 def msg_to_dicts(msg: Any) -> list[dict[str, Any]]:
     """``vlsam_ros/DetectionArray`` -> JSON-serialisable dicts, one per detection:
     ``label``, ``alt_labels``, ``score``, ``box_xyxy`` ([x0, y0, x1, y1], x1/y1 exclusive),
     ``segmentation`` (COCO uncompressed RLE ``{"size": [H, W], "counts": [...]}``, readable
-    by pycocotools), ``prompt_points`` ([[x, y], ...]) and ``prompt_labels``."""
+    by pycocotools), ``prompt_points`` ([[x, y], ...]), ``prompt_labels``, ``track_id``
+    and ``label_stamp_ns``."""
     out = []
     for det in msg.detections:
         box = det.box
@@ -188,6 +221,8 @@ def msg_to_dicts(msg: Any) -> list[dict[str, Any]]:
                              "counts": [int(c) for c in det.mask_rle]},
             "prompt_points": points.tolist(),
             "prompt_labels": [int(v) for v in det.prompt_labels],
+            "track_id": int(det.track_id),
+            "label_stamp_ns": stamp_to_ns(det.label_stamp),
         })
     return out
 
@@ -231,7 +266,8 @@ def frame_result_to_detection2d_array(result: FrameResult, header: Any) -> Any:
     Each detection has one hypothesis: ``class_id`` = the free-text label, ``score`` = the
     score (alternative labels are not carried: they have no scores). ``bbox`` is centred at
     ((x0 + x1) / 2, (y0 + y1) / 2) in continuous pixel coordinates of the source image, size
-    (x1 - x0, y1 - y0); ``id`` is the detection's rank (0 = best). Written against vision_msgs
+    (x1 - x0, y1 - y0); ``id`` is the track id with tracking, else the detection's rank
+    (0 = best). Written against vision_msgs
     4.x (Humble and later: ``bbox.center.position``, ``results[i].hypothesis``).
 
     Raises:
@@ -250,7 +286,7 @@ def frame_result_to_detection2d_array(result: FrameResult, header: Any) -> Any:
         x0, y0, x1, y1 = (float(v) for v in det.box_xyxy)
         msg = vision.Detection2D()
         msg.header = header
-        msg.id = str(rank)
+        msg.id = str(det.track_id if det.track_id > 0 else rank)
         msg.bbox.center.position.x = (x0 + x1) / 2.0
         msg.bbox.center.position.y = (y0 + y1) / 2.0
         msg.bbox.size_x, msg.bbox.size_y = x1 - x0, y1 - y0

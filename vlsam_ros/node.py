@@ -21,7 +21,9 @@ through ``request_stop``) cancels the frame in progress, which ends at its next 
 Data flow: each camera callback only stores its message in that camera's latest-frame slot
 (``vlsam_ros.latest_frame_slot``). One worker thread takes the newest frame of the next camera
 with a fresh frame (round-robin), decodes it, runs the pipeline and publishes. Topics: see
-``vlsam_ros.camera_topics``.
+``vlsam_ros.camera_topics``. With ``tracking.mode`` flow or memory the worker follows every
+known object on each frame instead and discovery (the pipeline) runs beside it in its own
+thread on the newest frames (``vlsam_ros.tracking_worker``).
 
 Failures never stop the node: a malformed frame is logged (throttled) and skipped, a CUDA
 out-of-memory error frees cached memory and skips the frame, and any other error of a frame
@@ -182,6 +184,7 @@ class VlsamNode(LifecycleNode):
         self._pipeline: Any = None
         self._slots: FrameSlots | None = None
         self._worker: threading.Thread | None = None
+        self._tracking: Any = None  # TrackingWorker when tracking.mode is not off
         self._problem = ""  # shown on /diagnostics while set (e.g. models failed to load)
         self._stop_token = CancellationToken()  # replaced on each activation
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -268,6 +271,8 @@ class VlsamNode(LifecycleNode):
             raise ConfigError("the node is not configured")
         started = time.perf_counter()
         self._pipeline = self._pipeline_factory(cfg)
+        if cfg.tracking.mode != "off":   # failures are undone by _undo_activate
+            self._tracking = self._start_tracking(cfg)
         self._problem = ""
         self._stop_token = CancellationToken()
         self.get_logger().info(
@@ -286,6 +291,29 @@ class VlsamNode(LifecycleNode):
             cam.subscription = self.create_subscription(
                 msg_type, cam.topics.input, self._frame_callback(index), qos)
         return super().on_activate(state)
+
+    def _start_tracking(self, cfg: VlsamConfig) -> Any:
+        """The two-rate worker (``vlsam_ros.tracking_worker``): every camera followed at
+        camera rate, discovery beside it."""
+        from vlsam_ros.tracking_worker import TrackingWorker
+
+        def on_discovery_error(camera: str, exc: BaseException, trace: str) -> None:
+            self.get_logger().error(f"{camera}: discovery failed, frame not discovered: "
+                                    f"{exc}\n{trace}",
+                                    throttle_duration_sec=self._throttle_s())
+
+        worker = TrackingWorker(cfg, self._pipeline, [c.topics.input for c in self._cameras],
+                                on_discovery_error)
+        self.get_logger().info(f"tracking: {cfg.tracking.mode}, discovery whenever the VLM "
+                               "is free" if cfg.tracking.discovery_period_s == 0 else
+                               f"tracking: {cfg.tracking.mode}, discovery at most every "
+                               f"{cfg.tracking.discovery_period_s} s per camera")
+        return worker
+
+    @property
+    def tracking(self) -> Any:
+        """The TrackingWorker while active with tracking, else None."""
+        return self._tracking
 
     @_logged_transition("deactivate", TransitionCallbackReturn.ERROR)
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -372,6 +400,9 @@ class VlsamNode(LifecycleNode):
                     self._worker.join()
         self._worker = None
         self._slots = None
+        if self._tracking is not None:
+            self._tracking.stop()
+            self._tracking = None
         if self._pipeline is not None:
             self._pipeline = None
             cfg = self.config
@@ -483,6 +514,8 @@ class VlsamNode(LifecycleNode):
             except ConfigError as exc:  # only runtime fields are writable; defensive
                 self.get_logger().error(f"parameter change not applied: {exc}")
                 return self._pipeline.cfg
+            if self._tracking is not None:
+                self._tracking.update_config(cfg)
             self.get_logger().info("parameter change applied from this frame on")
         return cfg
 
@@ -498,7 +531,12 @@ class VlsamNode(LifecycleNode):
                                       throttle_duration_sec=cfg.node.log_throttle_s)
             return
         try:
-            result = self._pipeline.run(image, cancel=token)
+            if self._tracking is None:
+                result = self._pipeline.run(image, cancel=token)
+            else:
+                stamp = msg.header.stamp
+                result = self._tracking.serve(cam.topics.input, image,
+                                              int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec))
         except InvalidImageError as exc:
             cam.stats.record_malformed()
             self.get_logger().warning(f"{cam.topics.input}: skipped frame: {exc}",

@@ -4,7 +4,9 @@ decides whether anyone subscribes before calling them.
 Pixel frame as in ``vlsam_ros.core.results`` (x right, y down, origin top-left). The message
 builders take detections in publication order (``detection_messages.ranked_detections``,
 as in the DetectionArray), and detection ``i`` is drawn in :func:`detection_colour` ``(i)``
-in both outputs, so the overlay, the markers and ``detections[i]`` agree.
+in both outputs, so the overlay, the markers and ``detections[i]`` agree. With tracking
+the colour follows the track id instead (:func:`colour_key`), so an object keeps its
+colour from frame to frame.
 """
 
 from __future__ import annotations
@@ -33,10 +35,18 @@ def detection_colour(index: int) -> tuple[int, int, int]:
     return int(round(r * 255)), int(round(g * 255)), int(round(b * 255))
 
 
+def colour_key(detection: Detection, rank: int) -> int:
+    """The index :func:`detection_colour` takes for a detection: its track id with
+    tracking (the object keeps its colour from frame to frame), else its rank."""
+    return int(detection.track_id) if detection.track_id > 0 else rank
+
+
 def label_text(detection: Detection) -> str:
-    """``"<label> <score>"`` as drawn; non-ASCII characters become '?' (OpenCV's Hershey
-    fonts have ASCII only)."""
+    """``"<label> <score>"`` as drawn, ``"#<track id> <label> <score>"`` with tracking;
+    non-ASCII characters become '?' (OpenCV's Hershey fonts have ASCII only)."""
     text = f"{detection.label} {detection.score:.2f}"
+    if detection.track_id > 0:
+        text = f"#{detection.track_id} {text}"
     return text.encode("ascii", errors="replace").decode("ascii")
 
 
@@ -76,12 +86,12 @@ def draw_overlay(image_rgb: np.ndarray, detections: Sequence[Detection],
         window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         crop = out[window]  # (h, w, 3) view: only the mask's extent is touched
         paint = np.empty_like(crop)
-        paint[:] = detection_colour(i)
+        paint[:] = detection_colour(colour_key(det, i))
         blended = cv2.addWeighted(crop, 1.0 - alpha, paint, alpha, 0.0)  # rounds, saturates
         np.copyto(crop, blended, where=mask[window][:, :, None])
     font_scale = _font_scale(cfg.overlay_font_px)
     for i, det in enumerate(detections):
-        colour = detection_colour(i)
+        colour = detection_colour(colour_key(det, i))
         x0, y0, x1, y1 = (int(v) for v in det.box_xyxy)
         cv2.rectangle(out, (x0, y0), (max(x1 - 1, x0), max(y1 - 1, y0)), colour,
                       int(cfg.overlay_line_px))
@@ -188,7 +198,7 @@ def markers_msg(result: FrameResult, header: Any, image_size: tuple[int, int],
     clear = Marker(header=header, action=Marker.DELETEALL)
     markers = [clear]
     for i, det in enumerate(ranked_detections(result.detections)):
-        r, g, b = detection_colour(i)
+        r, g, b = detection_colour(colour_key(det, i))
         colour = ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=1.0)
         x0, y0, x1, y1 = (float(v) for v in det.box_xyxy)
         corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]

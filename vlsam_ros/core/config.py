@@ -437,6 +437,105 @@ class NodeConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class TrackingConfig(_Section):
+    """Camera-rate masks with persistent track ids (design.md section 7, two-rate mode):
+    discovery (the VL-SAM pipeline) names objects at its own pace; a promptable segmenter
+    follows every known object on every frame (vlsam_ros/core/tracking/)."""
+
+    mode: str = _field("off", "'off': every processed frame runs the full pipeline (no track "
+                       "ids). 'flow': Lucas-Kanade optical flow moves each track's prompt, "
+                       "then SAM re-decodes all tracks in one batch. 'memory': a SAM 2-family "
+                       "video tracker (tracking.memory_model) follows them with its memory "
+                       "bank.", choices=("off", "flow", "memory"))
+    discovery_period_s: float = _field(0.0, "Node: least time between the starts of two "
+                                       "discovery runs of one camera (stamp seconds); 0 "
+                                       "starts one whenever the VLM is free.",
+                                       range=(0.0, 3600.0), runtime=True)
+    replay_discovery_every: int = _field(10, "Offline replay: discovery runs on the first "
+                                         "frame of each camera and then on every this-many-th "
+                                         "frame (a frame count: reproducible output).",
+                                         range=(1, 1_000_000), runtime=True)
+    association_iou: float = _field(0.3, "Least mask IoU, at the discovered frame's time, "
+                                    "for a discovered object to confirm a track.",
+                                    range=(0.0, 1.0), runtime=True)
+    min_discovery_score: float = _field(0.1, "Discovered objects scoring below this neither "
+                                        "start, confirm nor revive tracks.",
+                                        range=(0.0, 1.0), runtime=True)
+    reanchor_on_discovery: bool = _field(True, "When discovery answers for the newest "
+                                         "followed frame, a confirmed track takes the "
+                                         "discovered mask (removes drift).", runtime=True)
+    max_tracks: int = _field(64, "Most live tracks per camera; extra discoveries (lowest "
+                             "score first) start none.", range=(1, 4096), runtime=True)
+    max_age_s: float = _field(30.0, "A track that discovery has not confirmed for this long "
+                              "(stamp seconds) is retired.", range=(0.01, 1e6), runtime=True)
+    max_missed_discoveries: int = _field(3, "A track is retired after this many consecutive "
+                                         "discovery answers that did not confirm it.",
+                                         range=(1, 1000), runtime=True)
+    history_frames: int = _field(64, "Frames of history kept per camera (track masks, grey "
+                                 "images) to associate late discovery answers and carry new "
+                                 "objects to the newest frame; older answers use the oldest "
+                                 "kept frame.", range=(1, 100_000), runtime=True)
+    min_iou_prediction: float = _field(0.5, "A followed mask whose predicted IoU is below "
+                                       "this loses its track.", range=(0.0, 1.0), runtime=True)
+    min_stability: float = _field(0.75, "A followed mask whose stability score is below this "
+                                  "loses its track.", range=(0.0, 1.0), runtime=True)
+    stability_offset: float = _field(1.0, "Stability score = area(logits > t + offset) / "
+                                     "area(logits > t - offset), t = sam.mask_threshold.",
+                                     range=(0.0, 20.0), runtime=True)
+    max_area_change: float = _field(3.0, "A track is lost when its mask area grows or shrinks "
+                                    "by more than this factor from one frame to the next.",
+                                    range=(1.0, 1e6), runtime=True)
+    min_area_px: int = _field(16, "A followed mask smaller than this many pixels loses its "
+                              "track (left the image or hidden).", range=(0, 10**8),
+                              runtime=True)
+    max_overlap_iou: float = _field(0.6, "When two tracks' masks overlap with more IoU than "
+                                    "this, the one whose area changed more is lost (its "
+                                    "prompt jumped onto the other object).", range=(0.0, 1.0),
+                                    runtime=True)
+    min_object_score: float = _field(0.0, "memory: object-presence logit of the video "
+                                     "tracker below which the object is gone.",
+                                     range=(-100.0, 100.0), runtime=True)
+    lost_memory_s: float = _field(10.0, "Lost tracks are remembered this long (stamp "
+                                  "seconds): a later discovery with the same label near the "
+                                  "last position revives the track with its id.",
+                                  range=(0.0, 1e6), runtime=True)
+    revive_distance: float = _field(0.3, "Largest distance between a discovered mask's "
+                                     "centre and a lost track's last centre that revives it, "
+                                     "as a fraction of the image diagonal.",
+                                     range=(0.0, 2.0), runtime=True)
+    flow_points: int = _field(24, "flow: feature points tracked per object (Shi-Tomasi "
+                              "corners inside the mask, grid points where there are too "
+                              "few).", range=(1, 1000), runtime=True)
+    flow_window_px: int = _field(21, "flow: Lucas-Kanade window side, pixels.",
+                                 range=(3, 255), runtime=True)
+    flow_pyramid_levels: int = _field(3, "flow: Lucas-Kanade pyramid levels above the image.",
+                                      range=(0, 10), runtime=True)
+    flow_max_fb_error_px: float = _field(1.0, "flow: a point whose forward-backward tracking "
+                                         "error exceeds this (pixels) is dropped.",
+                                         range=(0.0, 1000.0), runtime=True)
+    flow_prompt_points: int = _field(3, "flow: positive points given to SAM per track (the "
+                                     "most interior tracked point first).", range=(1, 64),
+                                     runtime=True)
+    flow_box_prompt: bool = _field(True, "flow: also give SAM the box of the moved mask.",
+                                   runtime=True)
+    flow_mask_prompt: bool = _field(True, "flow: also give SAM the moved mask as its mask "
+                                    "prompt (low-resolution logits).", runtime=True)
+    flow_mask_prompt_logit: float = _field(10.0, "flow: logit magnitude of the mask prompt "
+                                           "(+inside, -outside the moved mask).",
+                                           range=(0.0, 100.0), runtime=True)
+    memory_model: str = _field("models/sam2.1-hiera-tiny", "memory: local folder of a SAM "
+                               "2-family video tracker in save_pretrained layout "
+                               "(Sam2VideoModel, EdgeTamVideoModel or Sam3TrackerVideoModel, "
+                               "read from its config.json).")
+    memory_dtype: str = _field("float32", "memory: torch dtype of the video tracker.",
+                               choices=("float32", "float16", "bfloat16"))
+    memory_conditioning_frames: int = _field(2, "memory: prompted (conditioning) frames kept "
+                                             "per object in the memory bank; with the "
+                                             "model's num_maskmem - 1 most recent frames this "
+                                             "bounds the bank.", range=(1, 64), runtime=True)
+
+
+@dataclasses.dataclass(frozen=True)
 class VlsamConfig(_Section):
     """Root of the configuration."""
 
@@ -451,6 +550,7 @@ class VlsamConfig(_Section):
     prompts: PromptConfig = dataclasses.field(default_factory=PromptConfig)
     ensemble: EnsembleConfig = dataclasses.field(default_factory=EnsembleConfig)
     node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
+    tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 
     def _check(self) -> None:
         if not self.cameras:

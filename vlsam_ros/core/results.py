@@ -47,6 +47,11 @@ class Detection:
     ``mask`` is bool (H, W). ``box_xyxy`` is (x0, y0, x1, y1) in pixels with x1/y1 exclusive
     (the mask's tight extent). ``prompt_points`` is float32 (P, 2) as (x, y) pixels and
     ``prompt_labels`` int8 (P,) with 1 = positive, 0 = negative.
+
+    With tracking (``tracking.mode`` flow/memory): ``track_id`` is the object's id, stable
+    for the run and unique across cameras (>= 1; 0 = not tracked), and ``label_stamp_ns``
+    the stamp (ns) of the frame whose discovery answer last gave the label (None: this
+    frame's own answer, as without tracking).
     """
 
     label: str
@@ -56,14 +61,20 @@ class Detection:
     prompt_points: np.ndarray
     prompt_labels: np.ndarray
     alt_labels: tuple[str, ...] = ()
+    track_id: int = 0
+    label_stamp_ns: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class FrameResult:
-    """Everything the pipeline produced for one frame; times in milliseconds."""
+    """Everything the pipeline produced for one frame; times in milliseconds.
+
+    ``discovery``: whether this frame ran discovery (the VLM); always True without
+    tracking, where every frame does."""
 
     detections: tuple[Detection, ...]
     description: str
     vlm_ms: float
     segment_ms: float
     total_ms: float
+    discovery: bool = True

@@ -12,6 +12,11 @@ the results with the node's own conversion (``vlsam_ros.conversions``) to an out
 * ``<camera ns>/<node>/replay_skipped`` (``std_msgs/String``), one per input frame that could
   not be decoded (unknown encoding, wrong size...): ``"<sec>.<nanosec> <frame_id>: <reason>"``.
 
+With ``tracking.mode`` flow or memory, every frame is followed (track ids) and discovery
+(the pipeline) runs on the first frame of each camera and then every
+``tracking.replay_discovery_every`` frames of it, a frame count, so runs stay reproducible;
+its answer is applied on the same frame (``core.tracking.two_rate.OfflineTracking``).
+
 Every output message keeps the source header (stamp and frame_id) and is logged at the
 source message's log time. The output bag's ``custom_data`` keeps the input's (the frame
 index of ``vlsam-dataset-to-bag``) and adds ``vlsam_ros.replay``: per topic, frames read,
@@ -83,7 +88,8 @@ EXIT_OK, EXIT_ERROR, EXIT_SKIPPED = 0, 2, 3
 
 
 class FramePipeline(Protocol):
-    """What replay needs of ``vlsam_ros.core.pipeline.Pipeline``."""
+    """What replay needs of ``vlsam_ros.core.pipeline.Pipeline`` (with tracking also its
+    ``segmenter``)."""
 
     def run(self, image: np.ndarray) -> FrameResult: ...
 
@@ -268,6 +274,11 @@ def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
 
     in_bag, out_bag = Path(in_bag), Path(out_bag)
     requested = tuple(options.topics) if options.topics else tuple(cfg.cameras)
+    tracking = None
+    if cfg.tracking.mode != "off":  # every frame followed, discovery every K-th frame
+        from vlsam_ros.core.tracking.two_rate import OfflineTracking
+
+        tracking = OfflineTracking.for_pipeline(pipeline, cfg)
     store = vlsam_typestore()
     results = _ResultWriter(store, cfg, options)
     stats: dict[str, TopicStats] = {}
@@ -308,7 +319,12 @@ def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
                         rgb = conversions.decode_image_msg(msg, cfg.node)
                         t0 = time.perf_counter()
                         try:
-                            result = pipeline.run(rgb)
+                            if tracking is None:
+                                result = pipeline.run(rgb)
+                            else:
+                                stamp = msg.header.stamp
+                                result = tracking.step(cam.input, rgb, stamp.sec * 1_000_000_000
+                                                       + stamp.nanosec)
                         finally:
                             pipeline_s += time.perf_counter() - t0
                     except InvalidImageError as exc:

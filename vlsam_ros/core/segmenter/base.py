@@ -40,12 +40,15 @@ class PromptableSegmenter(Protocol):
         ...
 
     def segment(self, embedding: Any, points: np.ndarray, labels: np.ndarray,
-                mask_logits: np.ndarray | None = None) -> SegmentationBatch:
+                mask_logits: np.ndarray | None = None,
+                boxes: np.ndarray | None = None) -> SegmentationBatch:
         """One batched decoder call.
 
         points: float32 (K, P, 2), (x, y) pixels in the embedded image (module docstring).
         labels: int (K, P), 1 positive / 0 negative / -1 padding (ignored).
         mask_logits: optional float32 (K, 1, 256, 256) from a previous call.
+        boxes: optional float32 (K, 4), one box prompt per prompt: (x0, y0, x1, y1) corners
+            in the same pixel frame (a mask's tight box has x1/y1 exclusive).
         """
         ...
 

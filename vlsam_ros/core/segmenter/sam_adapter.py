@@ -228,7 +228,8 @@ class SamSegmenter:
 
     @torch.inference_mode()
     def segment(self, embedding: SamEmbedding, points: np.ndarray, labels: np.ndarray,
-                mask_logits: np.ndarray | None = None) -> SegmentationBatch:
+                mask_logits: np.ndarray | None = None,
+                boxes: np.ndarray | None = None) -> SegmentationBatch:
         """One batched decoder call for K prompts (see PromptableSegmenter.segment).
 
         With multimask, SAM returns 3 candidates per prompt and the one with the highest
@@ -245,6 +246,10 @@ class SamSegmenter:
                                                              LOW_RES_MASK_SIZE):
             raise ValueError(f"mask_logits must be ({k}, 1, {LOW_RES_MASK_SIZE}, "
                              f"{LOW_RES_MASK_SIZE}); got {mask_logits.shape}")
+        if boxes is not None:
+            boxes = np.asarray(boxes, dtype=np.float32)
+            if boxes.shape != (k, 4):
+                raise ValueError(f"boxes must be ({k}, 4); got {boxes.shape}")
         height, width = embedding.original_size
         if k == 0:
             return SegmentationBatch(
@@ -262,7 +267,10 @@ class SamSegmenter:
         if mask_logits is not None:
             mask_t = torch.from_numpy(np.ascontiguousarray(mask_logits, dtype=np.float32))
             mask_t = mask_t.to(self.device)
-        sparse, dense = self.model.prompt_encoder(points=(coords, label_t), boxes=None,
+        box_t = None
+        if boxes is not None:  # box corners: SAM's prompt encoder adds the 0.5 itself
+            box_t = torch.from_numpy(boxes).to(self.device) * scale.repeat(2)    # (K, 4)
+        sparse, dense = self.model.prompt_encoder(points=(coords, label_t), boxes=box_t,
                                                   masks=mask_t)
         if self.decoder == "factored":
             low_res, iou = self._decode_factored(embedding, sparse,
