@@ -184,6 +184,9 @@ def _demo(args: argparse.Namespace) -> int:
     from vlsam_ros.core.coda_dataset import load_coda_dataset, read_frame_rgb
     from vlsam_ros.tools.make_demo_dataset import make_demo_dataset
 
+    # The demo sets itself up: the parents of its own output and model folders are created.
+    for folder in (args.out, args.models):
+        Path(folder).absolute().parent.mkdir(parents=True, exist_ok=True)
     check_output_parent(args.out)
     print("NOTE: tiny RANDOM models -> labels, masks and scores are meaningless; this demo "
           "shows the plumbing. Put real weights in config/vlsam.yaml for real output.")
