@@ -46,7 +46,9 @@ class SalvageReport:
     that file's size; messages_read: complete messages found (all topics);
     expected: messages per topic according to metadata.yaml (None without one);
     read_per_topic: complete messages found per topic; cut_message: whether the cut fell
-    inside a message record (at least one message lost even without metadata).
+    inside a message record (at least one message lost even without metadata);
+    damaged_chunks: compressed chunks whose stream could not be decompressed, skipped whole
+    (their messages are among the lost ones, counted only with metadata.yaml).
     """
 
     files: list[Path]
@@ -56,6 +58,7 @@ class SalvageReport:
     read_per_topic: dict[str, int]
     expected: dict[str, int] | None
     cut_message: bool
+    damaged_chunks: int = 0
 
     def lost(self, topics: Sequence[str] | None = None) -> int | None:
         """Messages of ``topics`` (default: all) that could not be read; None when unknown
@@ -78,7 +81,8 @@ class SalvageReport:
         return (f"{self.files[-1]} is truncated ({self.total_bytes} bytes, ending inside "
                 f"the record that starts at byte {self.readable_bytes}; no mcap summary or "
                 f"footer): {self.messages_read} complete message(s) read, {amount} could not "
-                f"be read")
+                f"be read" + (f"; {self.damaged_chunks} damaged compressed chunk(s) were "
+                              f"skipped whole" if self.damaged_chunks else ""))
 
 
 def _decompressor(compression: str) -> Any:
@@ -123,6 +127,7 @@ class SalvagedMcap:
         self._channels: dict[int, Any] = {}   # channel id -> Connection (msgcount 0)
         self._counts: dict[int, int] = {}
         self._cut_message = False
+        self._damaged_chunks = 0
         self._readable = 0
         self._total = 0
         for _ in self._scan(wanted=None):  # pass 1: connections, counts, readable extent
@@ -134,7 +139,7 @@ class SalvagedMcap:
             read_per_topic[conn.topic] = read_per_topic.get(conn.topic, 0) + conn.msgcount
         self.report = SalvageReport(self.files, self._readable, self._total,
                                     sum(self._counts.values()), read_per_topic, expected,
-                                    self._cut_message)
+                                    self._cut_message, self._damaged_chunks)
 
     # The interface of rosbags' Reader that the tools use.
 
@@ -205,7 +210,9 @@ class SalvagedMcap:
         if decompressor is not None:
             try:
                 payload = decompressor.decompress(payload)
-            except Exception:  # noqa: BLE001 -- a damaged stream: keep what came before
+            except Exception:  # noqa: BLE001 -- a damaged stream: reported, chunk skipped
+                if wanted is None:         # counted in pass 1 only (pass 2 re-reads it)
+                    self._damaged_chunks += 1
                 payload = b""
         found: list[tuple[int, int, bytes]] = []
         consumed = 0
