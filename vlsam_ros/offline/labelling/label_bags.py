@@ -1,0 +1,258 @@
+"""Labels many bags with a pool of Ray actors: one output bag per input bag, byte-identical
+to ``vlsam-replay-bag``'s, checkpointed per bag (``checkpoint``), with a summary.
+
+The driver streams each bag's frames (``SourceBag``) into the actors (``LabelPool``) and
+writes their outputs in source order with the replay's own writer (``OutputBag``) while
+journalling them; bags are labelled one after another, each by all actors. Bad input
+follows the replay's rules: an undecodable frame is a logged, counted and recorded skip; a
+bag that cannot be read (truncated sqlite3, unreadable file, missing topic) fails with an
+error naming it, and the other bags still finish; a cut mcap's complete messages are
+labelled and the summary says what was lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from vlsam_ros.bag_io import BagError, read_custom_data
+from vlsam_ros.core.config import VlsamConfig, to_flat
+from vlsam_ros.offline.labelling.actor_pool import LabelError, LabelPool, PipelineFactory, \
+    PoolSettings, auto_actors
+from vlsam_ros.offline.labelling.checkpoint import BagCheckpoint
+from vlsam_ros.offline.labelling.ray_session import RaySettings, cluster_resources, \
+    start_ray, stop_ray
+from vlsam_ros.offline.replay.frame_outputs import FrameOutput
+from vlsam_ros.offline.replay.output_bag import OutputBag
+from vlsam_ros.offline.replay.replay_options import REPLAY_INFO_KEY, ReplayError, \
+    ReplayOptions
+from vlsam_ros.offline.replay.source_frames import SourceBag
+from vlsam_ros.tools.cli import ToolError
+
+LOG = logging.getLogger("vlsam_ros.label")
+
+BAG_ERRORS = (BagError, ReplayError, LabelError, ToolError, OSError)
+"""What fails one bag and lets the others go on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelJob:
+    """One input bag and the name of its output bag in the output folder."""
+
+    source: Path
+    name: str
+
+
+@dataclasses.dataclass
+class BagReport:
+    """What happened to one bag. ``status``: ``labelled``, ``already_done`` (finished by
+    an earlier run) or ``failed``; ``resumed_from``: frames taken from the checkpoint."""
+
+    source: str
+    output: str
+    status: str = "pending"
+    total: int = 0
+    frames: int = 0
+    labelled_now: int = 0
+    resumed_from: int = 0
+    skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    skipped_earlier: int = 0  # already_done: the skips recorded in the finished bag
+    truncated_input: str | None = None
+    error: str | None = None
+    wall_s: float = 0.0
+
+
+@dataclasses.dataclass
+class LabelSummary:
+    """The run: per bag, per actor, the retries, wall time (s)."""
+
+    bags: list[BagReport]
+    actors: list[dict[str, Any]]
+    retries: list[dict[str, str]]
+    wall_s: float
+
+    @property
+    def failed(self) -> list[BagReport]:
+        return [b for b in self.bags if b.status == "failed"]
+
+    @property
+    def skipped(self) -> int:
+        return sum(len(b.skipped) + b.skipped_earlier for b in self.bags)
+
+    def as_dict(self) -> dict[str, Any]:
+        labelled = sum(b.labelled_now for b in self.bags)
+        return {"bags": [dataclasses.asdict(b) for b in self.bags], "actors": self.actors,
+                "retries": self.retries, "wall_s": self.wall_s,
+                "frames": sum(b.frames for b in self.bags), "labelled_now": labelled,
+                "skipped": self.skipped, "failed": len(self.failed),
+                "frames_per_s": labelled / self.wall_s if self.wall_s > 0 else None}
+
+    def lines(self) -> list[str]:
+        """The human summary, one line per bag, per actor and per retry."""
+        out = []
+        for b in self.bags:
+            head = f"{b.source} -> {b.output}: {b.status}"
+            if b.status == "failed":
+                out.append(f"{head}: {b.error}")
+                continue
+            resumed = f", {b.resumed_from} from the checkpoint" if b.resumed_from else ""
+            out.append(f"{head}, {b.frames} frame(s) ({b.labelled_now} labelled now{resumed}), "
+                       f"{len(b.skipped) + b.skipped_earlier} skipped")
+            out += [f"  skipped {s['frame']}: {s['reason']}" for s in b.skipped]
+            if b.truncated_input:
+                out.append(f"  input: {b.truncated_input}")
+        for a in self.actors:
+            rate = a["frames_per_s"]
+            died = f", died: {a['died']}" if a["died"] else ""
+            out.append(f"{a['actor']}: {a['frames']} frame(s), "
+                       f"{rate if rate is None else round(rate, 2)} frames/s{died}")
+        out += [f"retried {r['frame']} of {r['bag']} ({r['actor']} died)" for r in self.retries]
+        info = self.as_dict()
+        out.append(f"{len(self.bags)} bag(s), {len(self.failed)} failed, {info['frames']} "
+                   f"frame(s), {info['skipped']} skipped, {len(self.retries)} retried, "
+                   f"{self.wall_s:.2f} s wall")
+        return out
+
+
+def bag_settings(job: LabelJob, cfg: VlsamConfig, options: ReplayOptions,
+                 factory: PipelineFactory) -> dict[str, Any]:
+    """What decides a bag's output (its checkpoint fingerprint): the input files (names,
+    sizes, modification times), the configuration, the replay options, the factory."""
+    files = sorted(job.source.iterdir()) if job.source.is_dir() else [job.source]
+    return {"input": str(job.source.resolve()),
+            "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+            "config": to_flat(cfg),
+            "options": {**dataclasses.asdict(options), "progress": None},
+            "factory": f"{getattr(factory, '__module__', '?')}."
+                       f"{getattr(factory, '__qualname__', type(factory).__qualname__)}"}
+
+
+def _finished_counts(bag: Path) -> tuple[int, int]:
+    """(frames, skipped) of a finished output bag, from its ``vlsam_ros.replay`` counts."""
+    try:
+        counts = json.loads(read_custom_data(bag).get(REPLAY_INFO_KEY, "{}"))
+    except (BagError, ValueError):
+        return 0, 0
+    return (sum(c.get("frames", 0) for c in counts.values()),
+            sum(c.get("skipped", 0) for c in counts.values()))
+
+
+def _count_frames(job: LabelJob, requested: tuple[str, ...], node_name: str) -> int:
+    with SourceBag(job.source, requested, node_name) as source:
+        return source.total
+
+
+def label_bags(jobs: list[LabelJob], out_dir: str | Path, factory: PipelineFactory,
+               cfg: VlsamConfig, options: ReplayOptions, pool: PoolSettings,
+               ray_settings: RaySettings = RaySettings(), sync_every_s: float = 2.0,
+               on_pool: Callable[[LabelPool], None] | None = None) -> LabelSummary:
+    """Labels every job into ``out_dir`` (created if missing). Bags finished by an earlier
+    run are skipped, unfinished ones resume from their checkpoint. A bag that fails is
+    reported in the summary and the others go on; ``PoolError`` (no actor left) and
+    interrupts stop the run with every checkpoint kept. ``on_pool`` (tests) sees the pool
+    once its actors are ready."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    requested = tuple(options.topics) if options.topics else tuple(cfg.cameras)
+    reports = [BagReport(str(j.source), str(out_dir / j.name)) for j in jobs]
+    todo: list[tuple[LabelJob, BagReport, BagCheckpoint]] = []
+    for job, report in zip(jobs, reports):  # cheap checks before Ray and the models
+        ckpt = BagCheckpoint(out_dir, job.name, {}, 0, sync_every_s)
+        if ckpt.finished:
+            report.status = "already_done"
+            report.frames, report.skipped_earlier = _finished_counts(ckpt.final)
+            if ckpt.work.exists():  # completed, its clean-up interrupted
+                shutil.rmtree(ckpt.work)
+            continue
+        try:
+            report.total = _count_frames(job, requested, options.node_name)
+            ckpt = BagCheckpoint(out_dir, job.name, bag_settings(job, cfg, options, factory),
+                                 report.total, sync_every_s)
+        except BAG_ERRORS as exc:
+            report.status, report.error = "failed", str(exc)
+            LOG.error("%s", exc)
+            continue
+        todo.append((job, report, ckpt))
+    actors: list[dict[str, Any]] = []
+    retries: list[dict[str, str]] = []
+    if todo:
+        started_ray = start_ray(ray_settings)
+        try:
+            labeller = LabelPool(factory, cfg, options, auto_actors(pool, cluster_resources()))
+            try:
+                if on_pool is not None:
+                    on_pool(labeller)
+                bar = tqdm(total=sum(r.total for _, r, _ in todo), unit="frame", desc="label",
+                           file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
+                with bar, logging_redirect_tqdm():
+                    for job, report, ckpt in todo:
+                        _label_one(job, report, ckpt, labeller, cfg, options, requested, bar)
+            except KeyboardInterrupt:
+                done = [r.output for r in reports if r.status == "labelled"]
+                raise KeyboardInterrupt(
+                    f"{len(done)} bag(s) finished in this run; the others' checkpoints are in "
+                    f"{out_dir}/*.partial: run the same command again to resume") from None
+            finally:
+                actors = labeller.finish()
+                retries = [dataclasses.asdict(r) for r in labeller.retries]
+        finally:
+            stop_ray(started_ray)
+    return LabelSummary(reports, actors, retries, time.perf_counter() - started)
+
+
+def _label_one(job: LabelJob, report: BagReport, ckpt: BagCheckpoint, pool: LabelPool,
+               cfg: VlsamConfig, options: ReplayOptions, requested: tuple[str, ...],
+               bar: Any) -> None:
+    """One bag: resume or start its checkpoint, label the rest, complete it. Bag errors are
+    recorded in ``report``; interrupts and PoolError propagate (checkpoint kept)."""
+    t0 = time.perf_counter()
+
+    def account(out: FrameOutput) -> None:
+        report.frames += 1
+        if out.skip_reason is not None:
+            report.skipped.append({"frame": out.where, "reason": out.skip_reason})
+
+    try:
+        with SourceBag(job.source, requested, options.node_name) as source:
+            ckpt.open()
+            report.resumed_from = ckpt.resumed_from
+            output = OutputBag(ckpt.bag, options.storage or source.storage, source.cameras,
+                               source.custom_data, options, job.source)
+            try:
+                for out in ckpt.journalled():
+                    output.write(out)
+                    account(out)
+                bar.update(ckpt.resumed_from)
+
+                def sink(out: FrameOutput) -> None:
+                    output.write(out)
+                    ckpt.append(out)
+                    account(out)
+                    report.labelled_now += 1
+                    bar.update(1)
+
+                pool.label_in_order(source.frames(start=ckpt.done), str(job.source), sink)
+                output.close()
+            except BaseException:
+                output.abandon()
+                ckpt.close()
+                raise
+            if source.report is not None:  # a cut mcap: its complete messages were labelled
+                report.truncated_input = source.report.describe(requested)
+        ckpt.complete()
+        report.status = "labelled"
+    except BAG_ERRORS as exc:
+        report.status, report.error = "failed", str(exc)
+        LOG.error("%s (what was done is kept in %s)", exc, ckpt.work)
+    finally:
+        report.wall_s = time.perf_counter() - t0
