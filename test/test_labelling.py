@@ -209,6 +209,55 @@ def test_cli_labels_a_folder(bags, tmp_path, ray_session, monkeypatch):
     assert (again["frames"], again["skipped"], again["labelled_now"]) == (24, 1, 0)
 
 
+@pytest.mark.slow
+def test_tiny_models_label_equals_replay(tmp_path, tiny_config, ray_session):
+    """The production loaders (tiny LLaVA + MobileSAM) in 2 actors: the same bytes as a
+    single-process replay of each bag (a mcap and a sqlite3 bag)."""
+    from vlsam_ros.core.pipeline import build_pipeline
+
+    cfg = tiny_config(cameras=["/cam_front/image_raw"], vlm__max_new_tokens=4,
+                      prompts__refinement_rounds=0)
+    pipeline = build_pipeline(cfg)
+    job_list = []
+    for name, n, storage in (("m", 3, "mcap"), ("s", 2, "sqlite3")):
+        write_image_bag(tmp_path / "in" / name, n, storage)
+        rb.replay_bag(tmp_path / "in" / name, tmp_path / "replayed" / name, pipeline, cfg, QUIET)
+        job_list.append(lb.LabelJob(tmp_path / "in" / name, name))
+    summary = lb.label_bags(job_list, tmp_path / "out", build_pipeline, cfg, QUIET, TWO_ACTORS)
+    assert [b.status for b in summary.bags] == ["labelled", "labelled"]
+    for name in ("m", "s"):
+        want, got = tmp_path / "replayed" / name, tmp_path / "out" / name
+        names = sorted(p.name for p in want.iterdir())
+        assert filecmp.cmpfiles(want, got, names, shallow=False)[1:] == ([], [])
+
+
+@pytest.mark.slow
+def test_dataset_label_equals_convert_then_replay(tmp_path, ray_session):
+    """A CODA-layout dataset is labelled like the bag vlsam-dataset-to-bag --compressed
+    makes of it, replayed: the same bytes, without writing that bag."""
+    from vlsam_ros.offline.labelling.dataset_source import DATASET_TOPIC
+    from vlsam_ros.tools.dataset_to_bag import dataset_to_bag
+    from vlsam_ros.tools.make_demo_dataset import make_demo_dataset
+
+    from vlsam_ros.core.coda_dataset import load_coda_dataset
+
+    make_demo_dataset(tmp_path / "coda", num_frames=5, width=64, height=48, seed=3)
+    bag = dataset_to_bag(load_coda_dataset(tmp_path / "coda"), tmp_path / "bag",
+                         compressed=True)
+    rb.replay_bag(bag, tmp_path / "replayed" / "coda", StandInPipeline(), CFG,
+                  rb.ReplayOptions(topics=(DATASET_TOPIC,), progress=False))
+    found = label_tool.find_bags([str(tmp_path / "coda")])
+    job_list = label_tool.label_jobs(found, tmp_path / "out")
+    assert [(j.name, j.dataset) for j in job_list] == [("coda", True)]
+    summary = lb.label_bags(job_list, tmp_path / "out", StandInFactory(), CFG, QUIET,
+                            TWO_ACTORS)
+    assert [(b.status, b.frames) for b in summary.bags] == [("labelled", 5)]
+    want, got = tmp_path / "replayed" / "coda", tmp_path / "out" / "coda"
+    names = sorted(p.name for p in want.iterdir())
+    assert sorted(p.name for p in got.iterdir()) == names
+    assert filecmp.cmpfiles(want, got, names, shallow=False)[1:] == ([], [])
+
+
 def test_cli_user_errors(bags, tmp_path, capsys):
     """User errors are one line, exit 2, before Ray or a model starts."""
     assert label_tool.main([str(tmp_path / "nope*"), "--out", str(tmp_path / "o")]) == 2

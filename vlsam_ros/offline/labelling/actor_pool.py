@@ -60,9 +60,10 @@ class LabelWorker:
 
 @dataclasses.dataclass(frozen=True)
 class PoolSettings:
-    """``actors`` workers (0: :func:`auto_actors`) with ``num_cpus`` / ``num_gpus`` each (fractions allowed);
-    at most ``in_flight`` frames queued per actor; a frame whose actor died is retried up
-    to ``frame_retries`` times; up to ``actor_restarts`` dead actors are replaced."""
+    """``actors`` workers (0: :func:`auto_actors`) with ``num_cpus`` / ``num_gpus`` each
+    (fractions allowed); at most ``in_flight`` frames queued per actor; a frame whose actor
+    died is retried up to ``frame_retries`` times; up to ``actor_restarts`` dead actors are
+    replaced."""
 
     actors: int = 1
     num_cpus: float = 1.0

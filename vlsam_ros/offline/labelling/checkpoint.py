@@ -132,9 +132,11 @@ class BagCheckpoint:
         return iter_journal(self.journal_path, self.resumed_from)
 
     def append(self, out: FrameOutput) -> None:
-        """Journals the next frame's output; syncs to disk every ``sync_every_s`` seconds."""
+        """Journals the next frame's output (flushed at once); syncs to disk (fsync, and
+        progress.json) every ``sync_every_s`` seconds."""
         payload = pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
         self._journal.write(_RECORD_HEAD.pack(len(payload), zlib.crc32(payload)) + payload)
+        self._journal.flush()  # in the OS's hands: survives this process being killed
         self.done += 1
         if time.monotonic() - self._last_sync >= self.sync_every_s:
             self.sync()

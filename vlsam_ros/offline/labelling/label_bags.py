@@ -26,6 +26,7 @@ from vlsam_ros.core.config import VlsamConfig, to_flat
 from vlsam_ros.offline.labelling.actor_pool import LabelError, LabelPool, PipelineFactory, \
     PoolSettings, auto_actors
 from vlsam_ros.offline.labelling.checkpoint import BagCheckpoint
+from vlsam_ros.offline.labelling.dataset_source import DATASET_TOPIC, DatasetSource
 from vlsam_ros.offline.labelling.ray_session import RaySettings, cluster_resources, \
     start_ray, stop_ray
 from vlsam_ros.offline.replay.frame_outputs import FrameOutput
@@ -43,10 +44,24 @@ BAG_ERRORS = (BagError, ReplayError, LabelError, ToolError, OSError)
 
 @dataclasses.dataclass(frozen=True)
 class LabelJob:
-    """One input bag and the name of its output bag in the output folder."""
+    """One input bag (or, with ``dataset``, a CODA-layout dataset folder) and the name of
+    its output bag in the output folder."""
 
     source: Path
     name: str
+    dataset: bool = False
+
+    def requested(self, cfg: VlsamConfig, options: ReplayOptions) -> tuple[str, ...]:
+        """Camera topics: ``options.topics``, else the config's cameras (a dataset's one
+        topic for a dataset)."""
+        if options.topics:
+            return tuple(options.topics)
+        return (DATASET_TOPIC,) if self.dataset else tuple(cfg.cameras)
+
+    def open(self, cfg: VlsamConfig, options: ReplayOptions) -> Any:
+        """The input as a context manager: SourceBag, or DatasetSource for a dataset."""
+        kind = DatasetSource if self.dataset else SourceBag
+        return kind(self.source, self.requested(cfg, options), options.node_name)
 
 
 @dataclasses.dataclass
@@ -133,6 +148,15 @@ def bag_settings(job: LabelJob, cfg: VlsamConfig, options: ReplayOptions,
                        f"{getattr(factory, '__qualname__', type(factory).__qualname__)}"}
 
 
+def check_config(cfg: VlsamConfig) -> None:
+    """ToolError for settings labelling does not support (before Ray or a model starts)."""
+    if cfg.tracking.mode != "off":
+        raise ToolError(f"tracking.mode={cfg.tracking.mode}: vlsam-label labels frames "
+                        "independently on many actors; tracking needs every frame of a "
+                        "camera in order in one process: use vlsam-replay-bag, or "
+                        "--set tracking.mode=off")
+
+
 def _finished_counts(bag: Path) -> tuple[int, int]:
     """(frames, skipped) of a finished output bag, from its ``vlsam_ros.replay`` counts."""
     try:
@@ -143,14 +167,14 @@ def _finished_counts(bag: Path) -> tuple[int, int]:
             sum(c.get("skipped", 0) for c in counts.values()))
 
 
-def _count_frames(job: LabelJob, requested: tuple[str, ...], node_name: str) -> int:
-    with SourceBag(job.source, requested, node_name) as source:
+def _count_frames(job: LabelJob, cfg: VlsamConfig, options: ReplayOptions) -> int:
+    with job.open(cfg, options) as source:
         return source.total
 
 
 def label_bags(jobs: list[LabelJob], out_dir: str | Path, factory: PipelineFactory,
                cfg: VlsamConfig, options: ReplayOptions, pool: PoolSettings,
-               ray_settings: RaySettings = RaySettings(), sync_every_s: float = 2.0,
+               ray_settings: RaySettings | None = None, sync_every_s: float = 2.0,
                on_pool: Callable[[LabelPool], None] | None = None) -> LabelSummary:
     """Labels every job into ``out_dir`` (created if missing). Bags finished by an earlier
     run are skipped, unfinished ones resume from their checkpoint. A bag that fails is
@@ -160,13 +184,13 @@ def label_bags(jobs: list[LabelJob], out_dir: str | Path, factory: PipelineFacto
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    check_config(cfg)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    requested = tuple(options.topics) if options.topics else tuple(cfg.cameras)
     reports = [BagReport(str(j.source), str(out_dir / j.name)) for j in jobs]
     todo: list[tuple[LabelJob, BagReport, BagCheckpoint]] = []
-    for job, report in zip(jobs, reports):  # cheap checks before Ray and the models
+    for job, report in zip(jobs, reports, strict=True):  # cheap checks before Ray and the models
         ckpt = BagCheckpoint(out_dir, job.name, {}, 0, sync_every_s)
         if ckpt.finished:
             report.status = "already_done"
@@ -175,7 +199,7 @@ def label_bags(jobs: list[LabelJob], out_dir: str | Path, factory: PipelineFacto
                 shutil.rmtree(ckpt.work)
             continue
         try:
-            report.total = _count_frames(job, requested, options.node_name)
+            report.total = _count_frames(job, cfg, options)
             ckpt = BagCheckpoint(out_dir, job.name, bag_settings(job, cfg, options, factory),
                                  report.total, sync_every_s)
         except BAG_ERRORS as exc:
@@ -186,7 +210,7 @@ def label_bags(jobs: list[LabelJob], out_dir: str | Path, factory: PipelineFacto
     actors: list[dict[str, Any]] = []
     retries: list[dict[str, str]] = []
     if todo:
-        started_ray = start_ray(ray_settings)
+        started_ray = start_ray(ray_settings or RaySettings())
         try:
             labeller = LabelPool(factory, cfg, options, auto_actors(pool, cluster_resources()))
             try:
@@ -196,7 +220,7 @@ def label_bags(jobs: list[LabelJob], out_dir: str | Path, factory: PipelineFacto
                            file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
                 with bar, logging_redirect_tqdm():
                     for job, report, ckpt in todo:
-                        _label_one(job, report, ckpt, labeller, cfg, options, requested, bar)
+                        _label_one(job, report, ckpt, labeller, cfg, options, bar)
             except KeyboardInterrupt:
                 done = [r.output for r in reports if r.status == "labelled"]
                 raise KeyboardInterrupt(
@@ -211,8 +235,7 @@ def label_bags(jobs: list[LabelJob], out_dir: str | Path, factory: PipelineFacto
 
 
 def _label_one(job: LabelJob, report: BagReport, ckpt: BagCheckpoint, pool: LabelPool,
-               cfg: VlsamConfig, options: ReplayOptions, requested: tuple[str, ...],
-               bar: Any) -> None:
+               cfg: VlsamConfig, options: ReplayOptions, bar: Any) -> None:
     """One bag: resume or start its checkpoint, label the rest, complete it. Bag errors are
     recorded in ``report``; interrupts and PoolError propagate (checkpoint kept)."""
     t0 = time.perf_counter()
@@ -223,7 +246,7 @@ def _label_one(job: LabelJob, report: BagReport, ckpt: BagCheckpoint, pool: Labe
             report.skipped.append({"frame": out.where, "reason": out.skip_reason})
 
     try:
-        with SourceBag(job.source, requested, options.node_name) as source:
+        with job.open(cfg, options) as source:
             ckpt.open()
             report.resumed_from = ckpt.resumed_from
             output = OutputBag(ckpt.bag, options.storage or source.storage, source.cameras,
@@ -248,7 +271,7 @@ def _label_one(job: LabelJob, report: BagReport, ckpt: BagCheckpoint, pool: Labe
                 ckpt.close()
                 raise
             if source.report is not None:  # a cut mcap: its complete messages were labelled
-                report.truncated_input = source.report.describe(requested)
+                report.truncated_input = source.report.describe(job.requested(cfg, options))
         ckpt.complete()
         report.status = "labelled"
     except BAG_ERRORS as exc:

@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Sequence
 
 from vlsam_ros.bag_io import BagError
-from vlsam_ros.core.config import VlsamConfig, load_config, parse_set_flags
+from vlsam_ros.core.config import load_config, parse_set_flags
 from vlsam_ros.offline.labelling.actor_pool import PoolError, PoolSettings
-from vlsam_ros.offline.labelling.label_bags import LabelJob, label_bags
+from vlsam_ros.offline.labelling.dataset_source import is_dataset
+from vlsam_ros.offline.labelling.label_bags import LabelJob, check_config, label_bags
 from vlsam_ros.offline.labelling.ray_session import RaySettings
 from vlsam_ros.offline.replay.replay_options import BAD_FRAME_POLICIES, TIMING_MODES, \
     ReplayError, ReplayOptions
@@ -59,8 +60,9 @@ def _is_bag_folder(path: Path) -> bool:
 
 
 def _bags_under(folder: Path) -> list[Path]:
-    """Bag folders and loose bag files under ``folder`` (not inside a bag), sorted."""
-    if _is_bag_folder(folder):
+    """Bag folders, CODA-layout datasets and loose bag files under ``folder`` (not inside a
+    bag or dataset), sorted."""
+    if _is_bag_folder(folder) or is_dataset(folder):
         return [folder]
     found: list[Path] = []
     for entry in sorted(folder.iterdir()):
@@ -94,7 +96,8 @@ def find_bags(inputs: Sequence[str]) -> list[Path]:
                 found += _bags_under(path)
         if not found:
             raise ToolError(f"input {text!r}: no bag found (a rosbag2 folder has a "
-                            "metadata.yaml or .mcap/.db3 files)")
+                            "metadata.yaml or .mcap/.db3 files; a dataset folder has "
+                            "corner_case.json)")
         bags += [p for p in found if p.resolve() not in {b.resolve() for b in bags}]
     return bags
 
@@ -112,7 +115,7 @@ def label_jobs(bags: list[Path], out_dir: Path) -> list[LabelJob]:
         if name in jobs:
             raise ToolError(f"inputs {jobs[name].source} and {bag} would both write "
                             f"{out_dir / name}; label them into separate output folders")
-        jobs[name] = LabelJob(bag, name)
+        jobs[name] = LabelJob(bag, name, dataset=is_dataset(bag))
     return list(jobs.values())
 
 
@@ -183,15 +186,6 @@ def build_parser() -> ToolParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_options(parser)
     return parser
-
-
-def check_config(cfg: VlsamConfig) -> None:
-    """ToolError for settings labelling does not support."""
-    if cfg.tracking.mode != "off":
-        raise ToolError(f"tracking.mode={cfg.tracking.mode}: vlsam-label labels frames "
-                        "independently on many actors; tracking needs every frame of a "
-                        "camera in order in one process: use vlsam-replay-bag, or "
-                        "--set tracking.mode=off")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
