@@ -2,7 +2,8 @@
 input bag, byte-identical to ``vlsam-replay-bag``'s, resumable.
 
 Inputs are bags (rosbag2 folders, or ``.mcap`` / ``.db3`` files), folders searched for bags,
-or glob patterns. Each output bag is ``OUT_DIR/<input bag name>``, with the content and
+glob patterns, or CODA-layout dataset folders (read like the bag ``vlsam-dataset-to-bag
+--compressed`` makes of them: ``dataset_source``). Each output bag is ``OUT_DIR/<input bag name>``, with the content and
 layout of ``vlsam-replay-bag IN_BAG OUT_DIR/<name>`` (same options). A bag appears there
 only once complete; until then its work is in ``OUT_DIR/<name>.partial`` (checkpoint), and
 running the same command again skips finished bags and resumes the others from their last
