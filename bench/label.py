@@ -23,7 +23,8 @@ Last line, JSON: ``overhead_1_actor`` = ray_1 wall / replay wall (target <= 1.10
 stand-in; the same for each pipeline under ``by_pipeline``.
 
 Usage: OMP_NUM_THREADS=1 python bench/label.py [--pipelines standin tiny] [--frames 60]
-    [--tiny-frames 6] [--bags 3] [--size 320x240] [--cost-ms 50] [--repeats 2]
+    [--tiny-frames 6] [--bags 3] [--size 320x240] [--cost-ms 50] [--repeats 2] [--in-flight 2]
+    [--batch 1]
 """
 
 from __future__ import annotations
@@ -74,11 +75,16 @@ def time_replay(bags: list[Path], out: Path, pipeline, cfg) -> float:
     return time.perf_counter() - t0
 
 
+IN_FLIGHT = [2]
+BATCH = [1]
+
+
 def time_ray(bags: list[Path], out: Path, factory, cfg, actors: int) -> float:
     """Wall time of labelling, from the moment the actors are ready."""
     ready: list[float] = []
     summary = label_bags([LabelJob(b, b.name) for b in bags], out, factory, cfg, QUIET,
-                         PoolSettings(actors=actors, num_cpus=1, in_flight=2),
+                         PoolSettings(actors=actors, num_cpus=1, in_flight=IN_FLIGHT[0],
+                                      batch=BATCH[0]),
                          on_pool=lambda pool: ready.append(time.perf_counter()))
     assert not summary.failed and summary.retries == [], summary.lines()
     return time.perf_counter() - ready[0]
@@ -111,9 +117,13 @@ def main() -> None:
     parser.add_argument("--cost-ms", type=float, default=50.0,
                         help="stand-in CPU cost per frame")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--in-flight", type=int, default=2, help="frames queued per actor")
+    parser.add_argument("--batch", type=int, default=1, help="frames per actor call")
     parser.add_argument("--models", help="tiny model folder (built into a temp dir if absent)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
+    IN_FLIGHT[0] = args.in_flight
+    BATCH[0] = args.batch
     t0 = time.perf_counter()
     started = start_ray(RaySettings(num_cpus=2, object_store_mb=200))
     ray_start_s = time.perf_counter() - t0

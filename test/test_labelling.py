@@ -86,11 +86,12 @@ def test_three_bags_two_actors_equal_replay(bags, tmp_path, ray_session):
 
 
 def test_actor_killed_mid_bag_is_retried(bags, tmp_path, ray_session):
-    """The first actor to reach its 4th frame dies (os._exit, like a killed process); its
+    """The first actor to reach its 2nd frame dies (os._exit, like a killed process): a
+    frame in the middle of the first bag (the first 4 frames are sent 2 per actor); its
     frames go to another actor, the outputs are still those of the replay."""
     marker = tmp_path / "crashed"
     summary = lb.label_bags(jobs(bags), tmp_path / "out", StandInFactory(
-        crash_on_call=4, crash_marker=str(marker)), CFG, QUIET, TWO_ACTORS)
+        crash_on_call=2, crash_marker=str(marker)), CFG, QUIET, TWO_ACTORS)
     assert marker.exists()  # the crash happened
     assert_same_as_replay(bags, tmp_path / "out")
     assert summary.retries and all(r["bag"].endswith("front_sqlite") for r in summary.retries)

@@ -54,14 +54,23 @@ class LabelWorker:
         """None when the pipeline was built, else why not."""
         return self._problem
 
-    def label(self, frame: SourceFrame) -> FrameOutput:
-        return self._labeller.label(frame)
+    def label(self, frames: list[SourceFrame]) -> list[FrameOutput | str]:
+        """The frames' outputs, in order; a frame whose pipeline raised gives the error
+        as ``"<type>: <message>"`` instead (the other frames of the batch still count)."""
+        results: list[FrameOutput | str] = []
+        for frame in frames:
+            try:
+                results.append(self._labeller.label(frame))
+            except Exception as exc:  # noqa: BLE001 - reported per frame, the bag fails
+                results.append(f"{type(exc).__name__}: {exc}")
+        return results
 
 
 @dataclasses.dataclass(frozen=True)
 class PoolSettings:
     """``actors`` workers (0: :func:`auto_actors`) with ``num_cpus`` / ``num_gpus`` each
-    (fractions allowed); at most ``in_flight`` frames queued per actor; a frame whose actor
+    (fractions allowed); frames sent ``batch`` per actor call (fewer Ray round trips for
+    cheap pipelines), at most ``in_flight`` calls queued per actor; a frame whose actor
     died is retried up to ``frame_retries`` times; up to ``actor_restarts`` dead actors are
     replaced."""
 
@@ -69,6 +78,7 @@ class PoolSettings:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     in_flight: int = 2
+    batch: int = 1
     frame_retries: int = 2
     actor_restarts: int = 4
 
@@ -184,23 +194,30 @@ class LabelPool:
             raise PoolError(f"every actor died and the restart budget "
                             f"({self.settings.actor_restarts}) is spent; last: {reason}")
 
-    def label_in_order(self, frames: Iterator[SourceFrame], bag: str,
-                       sink: Callable[[FrameOutput], None]) -> None:
-        """Labels ``frames`` (consecutive indices) and hands every output to ``sink`` in
-        source order. At most ``in_flight`` frames per live actor are outstanding (sent,
-        or finished and waiting for an earlier one): the driver holds no more than that.
+    def label_in_order(self, items: Iterator[tuple[Any, SourceFrame | None]],
+                       sink: Callable[[Any, FrameOutput | LabelError | None], None]) -> None:
+        """Labels a stream of ``(tag, frame)`` items and calls ``sink(tag, result)`` for
+        every item in stream order. ``tag`` says which bag a frame belongs to (its ``str``
+        names the bag in messages); a ``None`` frame is a marker (the end of a bag) that is
+        handed to ``sink`` as ``None`` once everything before it was. ``result`` is the
+        frame's FrameOutput, or a LabelError when its pipeline failed or it killed its
+        actor more than ``frame_retries`` times (the stream goes on: ``sink`` decides).
 
-        Raises LabelError when a frame's pipeline fails or a frame kills its actor more
-        than ``frame_retries`` times, PoolError when no actor is left; whatever ``sink``
-        raises propagates. Outstanding work is drained before returning or raising.
+        At most ``in_flight`` items per live actor are outstanding (sent, or finished and
+        waiting for an earlier one): the driver holds no more frames than that, and the
+        stream is read across bag ends without emptying the actors. Raises PoolError when
+        no actor is left; whatever ``items`` or ``sink`` raise propagates. Outstanding work
+        is drained before returning or raising.
         """
         ray = self._ray
-        pending: dict[Any, tuple[_Actor, SourceFrame]] = {}
-        waiting: dict[int, FrameOutput] = {}
-        again: collections.deque[SourceFrame] = collections.deque()
+        Batch = list[tuple[int, Any, SourceFrame]]  # (stream position, tag, frame)
+        pending: dict[Any, tuple[_Actor, Batch]] = {}
+        waiting: dict[int, tuple[Any, FrameOutput | LabelError | None]] = {}
+        again: collections.deque[Batch] = collections.deque()
         attempts: dict[int, int] = {}
-        next_index: int | None = None
+        next_seq = emitted = 0
         exhausted = False
+        per_call = self.settings.batch
         try:
             while True:
                 while True:  # fill the window
@@ -209,58 +226,80 @@ class LabelPool:
                     if not free:
                         break
                     if again:
-                        frame = again.popleft()
+                        batch = again.popleft()
                     else:
-                        if exhausted or (len(pending) + len(waiting)
-                                         >= self.settings.in_flight * len(alive)):
+                        batch = []
+                        room = (self.settings.in_flight * per_call * len(alive)
+                                - sum(len(b) for _, b in pending.values()) - len(waiting))
+                        while not exhausted and len(batch) < min(per_call, room):
+                            item = next(items, None)
+                            if item is None:
+                                exhausted = True
+                                break
+                            (tag, frame), seq = item, emitted
+                            emitted += 1
+                            if frame is None:  # a marker: nothing to run
+                                waiting[seq] = (tag, None)
+                                room -= 1
+                                continue
+                            batch.append((seq, tag, frame))
+                        if not batch:
                             break
-                        frame = next(frames, None)
-                        if frame is None:
-                            exhausted = True
-                            break
-                        if next_index is None:
-                            next_index = frame.index
                     actor = min(free, key=lambda a: a.in_flight)
                     actor.in_flight += 1
-                    pending[actor.handle.label.remote(frame)] = (actor, frame)
+                    pending[actor.handle.label.remote([f for _, _, f in batch])] = (actor, batch)
+                while next_seq in waiting:  # hand over in stream order
+                    sink(*waiting.pop(next_seq))
+                    next_seq += 1
                 if not pending:
-                    break
+                    if exhausted and not again:
+                        break
+                    continue
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
-                    actor, frame = pending.pop(ref)
+                    actor, batch = pending.pop(ref)
                     actor.in_flight -= 1
                     try:
-                        out = ray.get(ref)
+                        results = ray.get(ref)
                     except ray.exceptions.RayActorError as exc:
-                        reason = _death_reason(exc)
-                        self._bury(actor, reason)
-                        attempts[frame.index] = attempts.get(frame.index, 0) + 1
-                        if attempts[frame.index] > self.settings.frame_retries:
-                            raise LabelError(f"{bag}: {frame.topic} frame {frame.topic_frame}"
-                                             f" killed {attempts[frame.index]} actors; "
-                                             f"last: {reason}") from None
-                        self.retries.append(Retry(bag, f"{frame.topic} frame "
-                                                       f"{frame.topic_frame}",
-                                                  actor.stats.name, reason))
-                        again.append(frame)
+                        self._retry(actor, batch, _death_reason(exc), attempts, waiting, again)
                         continue
-                    except ray.exceptions.RayTaskError as exc:
-                        cause = exc.cause if exc.cause is not None else exc
-                        raise LabelError(f"{bag}: {frame.topic} frame {frame.topic_frame}: "
-                                         f"the pipeline failed: {type(cause).__name__}: "
-                                         f"{cause}") from None
-                    actor.stats.frames += 1
-                    actor.stats.pipeline_s += out.pipeline_s
-                    waiting[out.index] = out
-                while next_index is not None and next_index in waiting:
-                    sink(waiting.pop(next_index))
-                    next_index += 1
+                    except ray.exceptions.RayTaskError as exc:  # not the pipeline's: Ray's
+                        results = [f"{type(exc).__name__}: {exc}"] * len(batch)
+                    for (seq, tag, frame), result in zip(batch, results, strict=True):
+                        if isinstance(result, str):
+                            waiting[seq] = (tag, LabelError(
+                                f"{tag}: {frame.topic} frame {frame.topic_frame}: the "
+                                f"pipeline failed: {result}"))
+                            continue
+                        actor.stats.frames += 1
+                        actor.stats.pipeline_s += result.pipeline_s
+                        waiting[seq] = (tag, result)
         finally:
             self._drain(pending)
 
-    def _drain(self, pending: dict[Any, tuple[_Actor, SourceFrame]]) -> None:
+    def _retry(self, actor: _Actor, batch: list[tuple[int, Any, SourceFrame]], reason: str,
+               attempts: dict[int, int], waiting: dict[int, Any],
+               again: collections.deque) -> None:
+        """A dead actor's batch: sent again (its frames recorded as retried), or, for a frame
+        that killed more than ``frame_retries`` actors, a LabelError in its place."""
+        self._bury(actor, reason)
+        resend = []
+        for seq, tag, frame in batch:
+            attempts[seq] = attempts.get(seq, 0) + 1
+            where = f"{frame.topic} frame {frame.topic_frame}"
+            if attempts[seq] > self.settings.frame_retries:
+                waiting[seq] = (tag, LabelError(f"{tag}: {where} killed {attempts[seq]} "
+                                                f"actors; last: {reason}"))
+                continue
+            self.retries.append(Retry(str(tag), where, actor.stats.name, reason))
+            resend.append((seq, tag, frame))
+        if resend:
+            again.append(resend)
+
+    def _drain(self, pending: dict[Any, tuple[Any, ...]]) -> None:
         """Waits out frames still on the actors (after an error), ignoring their results."""
-        for ref, (actor, _) in pending.items():
+        for ref, (actor, *_) in pending.items():
             try:
                 self._ray.get(ref)
             except Exception:  # noqa: BLE001 - results of an abandoned bag

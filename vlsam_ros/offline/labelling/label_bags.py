@@ -3,7 +3,8 @@ to ``vlsam-replay-bag``'s, checkpointed per bag (``checkpoint``), with a summary
 
 The driver streams each bag's frames (``SourceBag``) into the actors (``LabelPool``) and
 writes their outputs in source order with the replay's own writer (``OutputBag``) while
-journalling them; bags are labelled one after another, each by all actors. Bad input
+journalling them; bags are read one after another as one stream, so the actors do not idle
+at a bag's end while its last frames finish. Bad input
 follows the replay's rules: an undecodable frame is a logged, counted and recorded skip; a
 bag that cannot be read (truncated sqlite3, unreadable file, missing topic) fails with an
 error naming it, and the other bags still finish; a cut mcap's complete messages are
@@ -19,7 +20,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from vlsam_ros.bag_io import BagError, read_custom_data
 from vlsam_ros.core.config import VlsamConfig, to_flat
@@ -33,7 +34,7 @@ from vlsam_ros.offline.replay.frame_outputs import FrameOutput
 from vlsam_ros.offline.replay.output_bag import OutputBag
 from vlsam_ros.offline.replay.replay_options import REPLAY_INFO_KEY, ReplayError, \
     ReplayOptions
-from vlsam_ros.offline.replay.source_frames import SourceBag
+from vlsam_ros.offline.replay.source_frames import SourceBag, SourceFrame
 from vlsam_ros.tools.cli import ToolError
 
 LOG = logging.getLogger("vlsam_ros.label")
@@ -218,9 +219,14 @@ def label_bags(jobs: list[LabelJob], out_dir: str | Path, factory: PipelineFacto
                     on_pool(labeller)
                 bar = tqdm(total=sum(r.total for _, r, _ in todo), unit="frame", desc="label",
                            file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
-                with bar, logging_redirect_tqdm():
-                    for job, report, ckpt in todo:
-                        _label_one(job, report, ckpt, labeller, cfg, options, bar)
+                runs: list[_BagRun] = []
+                try:
+                    with bar, logging_redirect_tqdm():
+                        labeller.label_in_order(_stream(todo, cfg, options, bar, runs),
+                                                _BagRun.take)
+                finally:
+                    for run in runs:  # after an interrupt or PoolError: checkpoints kept
+                        run.stop()
             except KeyboardInterrupt:
                 done = [r.output for r in reports if r.status == "labelled"]
                 raise KeyboardInterrupt(
@@ -234,48 +240,94 @@ def label_bags(jobs: list[LabelJob], out_dir: str | Path, factory: PipelineFacto
     return LabelSummary(reports, actors, retries, time.perf_counter() - started)
 
 
-def _label_one(job: LabelJob, report: BagReport, ckpt: BagCheckpoint, pool: LabelPool,
-               cfg: VlsamConfig, options: ReplayOptions, bar: Any) -> None:
-    """One bag: resume or start its checkpoint, label the rest, complete it. Bag errors are
-    recorded in ``report``; interrupts and PoolError propagate (checkpoint kept)."""
-    t0 = time.perf_counter()
+class _BagRun:
+    """One bag being labelled: its checkpoint and output bag, fed in source order."""
 
-    def account(out: FrameOutput) -> None:
-        report.frames += 1
+    def __init__(self, job: LabelJob, report: BagReport, ckpt: BagCheckpoint,
+                 bar: Any) -> None:
+        self.job, self.report, self.ckpt, self.bar = job, report, ckpt, bar
+        self.output: OutputBag | None = None
+        self.started = time.perf_counter()
+        self.open = False
+
+    def __str__(self) -> str:
+        return str(self.job.source)
+
+    def start(self, source: Any, options: ReplayOptions) -> None:
+        """Opens (or resumes) the checkpoint and the output bag; rewrites the journalled
+        frames of a resumed bag into it."""
+        self.ckpt.open()
+        self.open = True
+        self.report.resumed_from = self.ckpt.resumed_from
+        self.output = OutputBag(self.ckpt.bag, options.storage or source.storage,
+                                source.cameras, source.custom_data, options, self.job.source)
+        for out in self.ckpt.journalled():
+            self.output.write(out)
+            self._account(out)
+        self.bar.update(self.ckpt.resumed_from)
+
+    def _account(self, out: FrameOutput) -> None:
+        self.report.frames += 1
         if out.skip_reason is not None:
-            report.skipped.append({"frame": out.where, "reason": out.skip_reason})
+            self.report.skipped.append({"frame": out.where, "reason": out.skip_reason})
 
-    try:
-        with job.open(cfg, options) as source:
-            ckpt.open()
-            report.resumed_from = ckpt.resumed_from
-            output = OutputBag(ckpt.bag, options.storage or source.storage, source.cameras,
-                               source.custom_data, options, job.source)
-            try:
-                for out in ckpt.journalled():
-                    output.write(out)
-                    account(out)
-                bar.update(ckpt.resumed_from)
+    def take(self, result: FrameOutput | LabelError | None) -> None:
+        """The pool's sink: the next frame's output (written and journalled), a frame's
+        failure (the bag fails), or None at the bag's end (the bag is completed)."""
+        if not self.open:  # failed already: what was still in flight is dropped
+            return
+        try:
+            if isinstance(result, LabelError):
+                raise result
+            if result is None:
+                self.output.close()
+                self.ckpt.complete()
+                self.open = False
+                self.report.status = "labelled"
+                self.report.wall_s = time.perf_counter() - self.started
+                return
+            self.output.write(result)
+            self.ckpt.append(result)
+            self._account(result)
+            self.report.labelled_now += 1
+            self.bar.update(1)
+        except BAG_ERRORS as exc:
+            self.fail(exc)
 
-                def sink(out: FrameOutput) -> None:
-                    output.write(out)
-                    ckpt.append(out)
-                    account(out)
-                    report.labelled_now += 1
-                    bar.update(1)
+    def fail(self, exc: BaseException) -> None:
+        """Records the bag as failed; its work folder stays (a later run resumes it)."""
+        self.report.status, self.report.error = "failed", str(exc)
+        self.report.wall_s = time.perf_counter() - self.started
+        LOG.error("%s (what was done is kept in %s)", exc, self.ckpt.work)
+        self.stop()
 
-                pool.label_in_order(source.frames(start=ckpt.done), str(job.source), sink)
-                output.close()
-            except BaseException:
-                output.abandon()
-                ckpt.close()
-                raise
-            if source.report is not None:  # a cut mcap: its complete messages were labelled
-                report.truncated_input = source.report.describe(job.requested(cfg, options))
-        ckpt.complete()
-        report.status = "labelled"
-    except BAG_ERRORS as exc:
-        report.status, report.error = "failed", str(exc)
-        LOG.error("%s (what was done is kept in %s)", exc, ckpt.work)
-    finally:
-        report.wall_s = time.perf_counter() - t0
+    def stop(self) -> None:
+        """Closes the output bag unfinished and the journal (no-op once completed)."""
+        if self.open:
+            self.open = False
+            if self.output is not None:
+                self.output.abandon()
+            self.ckpt.close()
+
+
+def _stream(todo: list[tuple[LabelJob, BagReport, BagCheckpoint]], cfg: VlsamConfig,
+            options: ReplayOptions, bar: Any, runs: list[_BagRun],
+            ) -> Iterator[tuple[_BagRun, SourceFrame | None]]:
+    """The frames still to label of every bag, one bag after the other, each bag's followed
+    by its end marker ``None``. A bag that cannot be opened or read fails alone (its work
+    folder keeps the frames written before the failure)."""
+    for job, report, ckpt in todo:
+        run = _BagRun(job, report, ckpt, bar)
+        runs.append(run)
+        try:
+            with job.open(cfg, options) as source:
+                run.start(source, options)
+                for frame in source.frames(start=ckpt.done):
+                    if not run.open:  # failed meanwhile (a frame's error)
+                        break
+                    yield run, frame
+                if source.report is not None:  # a cut mcap: its complete messages
+                    report.truncated_input = source.report.describe(job.requested(cfg, options))
+        except BAG_ERRORS as exc:
+            run.fail(exc)
+        yield run, None

@@ -3,11 +3,11 @@ input bag, byte-identical to ``vlsam-replay-bag``'s, resumable.
 
 Inputs are bags (rosbag2 folders, or ``.mcap`` / ``.db3`` files), folders searched for bags,
 glob patterns, or CODA-layout dataset folders (read like the bag ``vlsam-dataset-to-bag
---compressed`` makes of them: ``dataset_source``). Each output bag is ``OUT_DIR/<input bag name>``, with the content and
-layout of ``vlsam-replay-bag IN_BAG OUT_DIR/<name>`` (same options). A bag appears there
-only once complete; until then its work is in ``OUT_DIR/<name>.partial`` (checkpoint), and
-running the same command again skips finished bags and resumes the others from their last
-complete frame.
+--compressed`` makes of them: ``dataset_source``). Each output bag is
+``OUT_DIR/<input bag name>``, with the content and layout of ``vlsam-replay-bag IN_BAG
+OUT_DIR/<name>`` (same options). A bag appears there only once complete; until then its
+work is in ``OUT_DIR/<name>.partial`` (checkpoint), and running the same command again
+skips finished bags and resumes the others from their last complete frame.
 
 Ray: ``--address`` or ``RAY_ADDRESS`` joins a running cluster (``ray start --head``; see
 README); without them a local Ray starts in this process, bound to 127.0.0.1. One actor
@@ -26,7 +26,7 @@ Usage::
         [--set key=value ...] [--topics ...] [--overlay] [--storage mcap|sqlite3]
         [--node-name vlsam] [--timing zero|measured] [--on-bad-frame skip|error]
         [--address ADDR] [--actors N|auto] [--cpus-per-actor 1] [--gpus-per-actor 0]
-        [--in-flight 2] [--num-cpus N] [--num-gpus N] [--object-store-mb 200]
+        [--in-flight 2] [--batch 1] [--num-cpus N] [--num-gpus N] [--object-store-mb 200]
         [--summary FILE] [--no-progress]
 """
 
@@ -170,7 +170,11 @@ def build_parser() -> ToolParser:
                         help="GPUs per actor (default 0; 1 = one actor per GPU, 0.5 = two "
                              "actors share a GPU); use with --set device=cuda")
     parser.add_argument("--in-flight", type=positive_int, default=2,
-                        help="frames queued per actor at most (default 2): backpressure")
+                        help="calls (of --batch frames) queued per actor at most (default "
+                             "2): backpressure")
+    parser.add_argument("--batch", type=positive_int, default=1,
+                        help="frames per actor call (default 1; more saves Ray round trips "
+                             "when a frame takes milliseconds)")
     parser.add_argument("--frame-retries", type=positive_int, default=2,
                         help="times a frame is sent again after its actor died (default 2)")
     parser.add_argument("--actor-restarts", type=int, default=4,
@@ -218,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 args.overlay, args.storage, args.timing, args.on_bad_frame,
                                 not args.no_progress)
         pool = PoolSettings(args.actors, args.cpus_per_actor, args.gpus_per_actor,
-                            args.in_flight, args.frame_retries, max(0, args.actor_restarts))
+                            args.in_flight, args.batch, args.frame_retries,
+                            max(0, args.actor_restarts))
         ray_settings = RaySettings(args.address, args.num_cpus, args.num_gpus,
                                    args.object_store_mb)
         from vlsam_ros.core.pipeline import build_pipeline

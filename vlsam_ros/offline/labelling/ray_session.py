@@ -14,6 +14,10 @@ LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 local Ray, its servers bind 127.0.0.1 only (checked with ``ss -ltn``); otherwise they
 listen on every interface."""
 
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+"""Ray runs its workers at niceness 15 by default; a local Ray here runs them at 0 (like
+``vlsam-replay-bag``'s own process) unless this variable is set."""
+
 
 @dataclasses.dataclass(frozen=True)
 class RaySettings:
@@ -39,6 +43,7 @@ def start_ray(settings: RaySettings) -> bool:
     address = cluster_address(settings)
     if address is None:
         os.environ[LOCAL_ONLY_ENV] = "0"  # read when ray is imported, and by its children
+        os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # read by the raylet it starts
     import ray
 
     if ray.is_initialized():
