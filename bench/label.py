@@ -4,7 +4,7 @@ The same bags (generated street scenes from ``vlsam-make-demo-dataset``, rgb8, s
 ``--bags`` mcap bags of different lengths) are labelled, side by side in one run and in
 turns (``--repeats``, the minimum kept):
 
-* ``replay``: ``vlsam_ros.tools.replay_bag.replay_bag`` on each bag in this process, with a
+* ``replay``: ``vlsam_ros.offline.replay.replay_bag.replay_bag`` on each bag in this process, with a
   pipeline built once;
 * ``ray_1``: ``vlsam_ros.offline.labelling.label_bags`` with 1 actor (1 CPU);
 * ``ray_2``: the same with 2 actors (1 CPU each).
@@ -38,16 +38,16 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from vlsam_ros.core.coda_dataset import load_coda_dataset  # noqa: E402
 from vlsam_ros.core.config import from_flat  # noqa: E402
+from vlsam_ros.offline.datasets.coda_dataset import load_coda_dataset  # noqa: E402
+from vlsam_ros.offline.datasets.dataset_to_bag import dataset_to_bag  # noqa: E402
+from vlsam_ros.offline.datasets.make_demo_dataset import make_demo_dataset  # noqa: E402
 from vlsam_ros.offline.labelling.actor_pool import PoolSettings  # noqa: E402
 from vlsam_ros.offline.labelling.label_bags import LabelJob, label_bags  # noqa: E402
 from vlsam_ros.offline.labelling.ray_session import RaySettings, start_ray, stop_ray  # noqa: E402
+from vlsam_ros.offline.replay import replay_bag as rb  # noqa: E402
+from vlsam_ros.testing.make_tiny_models import make_tiny_models, tiny_model_overrides  # noqa: E402
 from vlsam_ros.testing.stand_in_pipeline import StandInFactory  # noqa: E402
-from vlsam_ros.tools import replay_bag as rb  # noqa: E402
-from vlsam_ros.tools.dataset_to_bag import dataset_to_bag  # noqa: E402
-from vlsam_ros.tools.make_demo_dataset import make_demo_dataset  # noqa: E402
-from vlsam_ros.tools.make_tiny_models import make_tiny_models, tiny_model_overrides  # noqa: E402
 
 QUIET = rb.ReplayOptions(progress=False)
 

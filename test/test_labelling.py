@@ -23,9 +23,9 @@ from vlsam_ros.offline.labelling import label_tool
 from vlsam_ros.offline.labelling.actor_pool import PoolSettings
 from vlsam_ros.offline.labelling.checkpoint import iter_journal, read_journal
 from vlsam_ros.offline.labelling.ray_session import RaySettings
+from vlsam_ros.offline.replay import replay_bag as rb
 from vlsam_ros.offline.replay.output_bag import OutputBag
 from vlsam_ros.testing.stand_in_pipeline import StandInFactory, StandInPipeline
-from vlsam_ros.tools import replay_bag as rb
 
 QUIET = rb.ReplayOptions(progress=False)
 TWO_ACTORS = PoolSettings(actors=2, num_cpus=1, in_flight=2)
@@ -236,11 +236,10 @@ def test_tiny_models_label_equals_replay(tmp_path, tiny_config, ray_session):
 def test_dataset_label_equals_convert_then_replay(tmp_path, ray_session):
     """A CODA-layout dataset is labelled like the bag vlsam-dataset-to-bag --compressed
     makes of it, replayed: the same bytes, without writing that bag."""
+    from vlsam_ros.offline.datasets.coda_dataset import load_coda_dataset
+    from vlsam_ros.offline.datasets.dataset_to_bag import dataset_to_bag
+    from vlsam_ros.offline.datasets.make_demo_dataset import make_demo_dataset
     from vlsam_ros.offline.labelling.dataset_source import DATASET_TOPIC
-    from vlsam_ros.tools.dataset_to_bag import dataset_to_bag
-    from vlsam_ros.tools.make_demo_dataset import make_demo_dataset
-
-    from vlsam_ros.core.coda_dataset import load_coda_dataset
 
     make_demo_dataset(tmp_path / "coda", num_frames=5, width=64, height=48, seed=3)
     bag = dataset_to_bag(load_coda_dataset(tmp_path / "coda"), tmp_path / "bag",
@@ -292,7 +291,8 @@ def test_node_and_core_do_not_import_ray():
     """Ray belongs to the offline labelling only: the node, the core and replay run
     without it (checked in a fresh interpreter)."""
     code = ("import sys\n"
-            "import vlsam_ros.node, vlsam_ros.core.pipeline, vlsam_ros.tools.replay_bag\n"
+            "import vlsam_ros.ros.node, vlsam_ros.core.pipeline\n"
+            "import vlsam_ros.offline.replay.replay_bag\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=os.environ, timeout=120)

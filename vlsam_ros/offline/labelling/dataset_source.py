@@ -16,13 +16,17 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from vlsam_ros.bag_io import FRAME_INDEX_KEY, frame_index_json, vlsam_typestore
-from vlsam_ros.camera_topics import camera_topics
-from vlsam_ros.core.coda_dataset import ANNOTATION_FILE, DatasetError, frame_index, \
-    load_coda_dataset
+from vlsam_ros.offline.datasets.coda_dataset import (
+    ANNOTATION_FILE,
+    DatasetError,
+    frame_index,
+    load_coda_dataset,
+)
+from vlsam_ros.offline.datasets.dataset_to_bag import DEFAULT_FRAME_ID, DEFAULT_TOPIC
+from vlsam_ros.offline.replay.bag_io import FRAME_INDEX_KEY, frame_index_json, vlsam_typestore
 from vlsam_ros.offline.replay.replay_options import COMPRESSED_TYPE, ReplayError
 from vlsam_ros.offline.replay.source_frames import SourceFrame
-from vlsam_ros.tools.dataset_to_bag import DEFAULT_FRAME_ID, DEFAULT_TOPIC
+from vlsam_ros.ros.camera_topics import camera_topics
 
 DATASET_TOPIC = DEFAULT_TOPIC + "/compressed"
 _MAGIC_FORMATS = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"))

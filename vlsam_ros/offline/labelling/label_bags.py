@@ -22,18 +22,26 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from vlsam_ros.bag_io import BagError, read_custom_data
 from vlsam_ros.core.config import VlsamConfig, to_flat
-from vlsam_ros.offline.labelling.actor_pool import LabelError, LabelPool, PipelineFactory, \
-    PoolSettings, auto_actors
+from vlsam_ros.offline.labelling.actor_pool import (
+    LabelError,
+    LabelPool,
+    PipelineFactory,
+    PoolSettings,
+    auto_actors,
+)
 from vlsam_ros.offline.labelling.checkpoint import BagCheckpoint
 from vlsam_ros.offline.labelling.dataset_source import DATASET_TOPIC, DatasetSource
-from vlsam_ros.offline.labelling.ray_session import RaySettings, cluster_resources, \
-    start_ray, stop_ray
+from vlsam_ros.offline.labelling.ray_session import (
+    RaySettings,
+    cluster_resources,
+    start_ray,
+    stop_ray,
+)
+from vlsam_ros.offline.replay.bag_io import BagError, read_custom_data
 from vlsam_ros.offline.replay.frame_outputs import FrameOutput
 from vlsam_ros.offline.replay.output_bag import OutputBag
-from vlsam_ros.offline.replay.replay_options import REPLAY_INFO_KEY, ReplayError, \
-    ReplayOptions
+from vlsam_ros.offline.replay.replay_options import REPLAY_INFO_KEY, ReplayError, ReplayOptions
 from vlsam_ros.offline.replay.source_frames import SourceBag, SourceFrame
 from vlsam_ros.tools.cli import ToolError
 

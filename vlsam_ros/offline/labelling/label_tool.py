@@ -38,17 +38,31 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from vlsam_ros.bag_io import BagError
 from vlsam_ros.core.config import load_config, parse_set_flags
 from vlsam_ros.offline.labelling.actor_pool import PoolError, PoolSettings
 from vlsam_ros.offline.labelling.dataset_source import is_dataset
 from vlsam_ros.offline.labelling.label_bags import LabelJob, check_config, label_bags
 from vlsam_ros.offline.labelling.ray_session import RaySettings
-from vlsam_ros.offline.replay.replay_options import BAD_FRAME_POLICIES, TIMING_MODES, \
-    ReplayError, ReplayOptions
-from vlsam_ros.tools.cli import (EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, ToolError, ToolParser,
-                                 check_input, check_output_parent, positive_float,
-                                 positive_int, run_tool, write_text_atomically)
+from vlsam_ros.offline.replay.bag_io import BagError
+from vlsam_ros.offline.replay.replay_options import (
+    BAD_FRAME_POLICIES,
+    TIMING_MODES,
+    ReplayError,
+    ReplayOptions,
+)
+from vlsam_ros.tools.cli import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    ToolError,
+    ToolParser,
+    check_input,
+    check_output_parent,
+    positive_float,
+    positive_int,
+    run_tool,
+    write_text_atomically,
+)
 from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text
 
 BAG_FILE_SUFFIXES = (".mcap", ".db3")

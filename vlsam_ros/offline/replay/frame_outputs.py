@@ -6,7 +6,7 @@ A :class:`FrameOutput` holds, for one :class:`~.source_frames.SourceFrame`, the 
 messages to write (output topic, CDR bytes; all logged at the source frame's log time), or
 the skip record of a frame the decoder or the pipeline's input check rejected. Messages are
 serialised with rosbags' message classes through the live node's conversion
-(``conversions.frame_result_to_msg``): no rclpy, no colcon build; rosbags zeroes CDR
+(``vlsam_ros.ros.conversions.frame_result_to_msg``): no rclpy, no colcon build; rosbags zeroes CDR
 alignment padding, which keeps the output reproducible.
 """
 
@@ -18,15 +18,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from vlsam_ros import conversions
-from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, vlsam_typestore
-from vlsam_ros.camera_topics import CameraTopics, camera_topics
 from vlsam_ros.core.config import VlsamConfig
 from vlsam_ros.core.errors import InvalidImageError
 from vlsam_ros.core.results import FrameResult
-from vlsam_ros.offline.replay.replay_options import IMAGE_TYPE, SKIPPED_OUTPUT, STRING_TYPE, \
-    ReplayOptions
+from vlsam_ros.offline.replay.bag_io import DETECTION_ARRAY_TYPE, vlsam_typestore
+from vlsam_ros.offline.replay.replay_options import (
+    IMAGE_TYPE,
+    SKIPPED_OUTPUT,
+    STRING_TYPE,
+    ReplayOptions,
+)
 from vlsam_ros.offline.replay.source_frames import SourceFrame
+from vlsam_ros.ros import conversions
+from vlsam_ros.ros.camera_topics import CameraTopics, camera_topics
 
 
 class FramePipeline(Protocol):
@@ -130,7 +134,7 @@ class FrameLabeller:
 
     def overlay(self, rgb: np.ndarray, result: FrameResult, header: Any) -> bytes:
         """Overlay Image CDR (rgb8, unpadded), drawn by the node's ``draw_overlay``."""
-        from vlsam_ros.visualization import draw_overlay
+        from vlsam_ros.ros.visualization import draw_overlay
 
         ordered = conversions.ranked_detections(result.detections)  # colours as published
         pixels = draw_overlay(rgb, ordered, self.cfg.node)

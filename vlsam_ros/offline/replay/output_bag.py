@@ -15,11 +15,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, open_writer, vlsam_typestore
-from vlsam_ros.camera_topics import CameraTopics
+from vlsam_ros.offline.replay.bag_io import DETECTION_ARRAY_TYPE, open_writer, vlsam_typestore
 from vlsam_ros.offline.replay.frame_outputs import FrameOutput, skipped_frames_topic
-from vlsam_ros.offline.replay.replay_options import IMAGE_TYPE, REPLAY_INFO_KEY, STRING_TYPE, \
-    ReplayError, ReplayOptions, TopicStats
+from vlsam_ros.offline.replay.replay_options import (
+    IMAGE_TYPE,
+    REPLAY_INFO_KEY,
+    STRING_TYPE,
+    ReplayError,
+    ReplayOptions,
+    TopicStats,
+)
+from vlsam_ros.ros.camera_topics import CameraTopics
 
 LOG = logging.getLogger("vlsam_ros.replay")
 

@@ -12,10 +12,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from vlsam_ros.bag_io import iter_messages, open_reader, read_custom_data
-from vlsam_ros.camera_topics import CameraTopics, camera_topics, check_distinct_outputs
 from vlsam_ros.core.config import ConfigError
+from vlsam_ros.offline.replay.bag_io import iter_messages, open_reader, read_custom_data
 from vlsam_ros.offline.replay.replay_options import COMPRESSED_TYPE, IMAGE_TYPE, ReplayError
+from vlsam_ros.ros.camera_topics import CameraTopics, camera_topics, check_distinct_outputs
 
 
 @dataclasses.dataclass(frozen=True)
