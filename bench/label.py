@@ -7,7 +7,9 @@ turns (``--repeats``, the minimum kept):
 * ``replay``: ``vlsam_ros.offline.replay.replay_bag.replay_bag`` on each bag in this process, with a
   pipeline built once;
 * ``ray_1``: ``vlsam_ros.offline.labelling.label_bags`` with 1 actor (1 CPU);
-* ``ray_2``: the same with 2 actors (1 CPU each).
+* ``ray_2``: the same with 2 actors (1 CPU each);
+
+each Ray case for every ``--batches`` size (frames per actor call; the tool's default is 1).
 
 Every pipeline runs with one torch/OMP thread (Ray gives a 1-CPU actor one thread; the
 replay here is set to the same), so the comparison is the tools' cost, not threading.
@@ -20,11 +22,11 @@ LLaVA + MobileSAM of ``vlsam-make-tiny-models``; seconds per frame on a busy CPU
 
 Last line, JSON: ``overhead_1_actor`` = ray_1 wall / replay wall (target <= 1.10) and
 ``scaling_2_actors`` = ray_1 wall / ray_2 wall (throughput with 2 actors / with 1), for the
-stand-in; the same for each pipeline under ``by_pipeline``.
+stand-in at the first batch size; every pipeline and batch size under ``by_pipeline``.
 
 Usage: OMP_NUM_THREADS=1 python bench/label.py [--pipelines standin tiny] [--frames 60]
     [--tiny-frames 6] [--bags 3] [--size 320x240] [--cost-ms 50] [--repeats 2] [--in-flight 2]
-    [--batch 1]
+    [--batches 1 4]
 """
 
 from __future__ import annotations
@@ -76,34 +78,39 @@ def time_replay(bags: list[Path], out: Path, pipeline, cfg) -> float:
 
 
 IN_FLIGHT = [2]
-BATCH = [1]
 
 
-def time_ray(bags: list[Path], out: Path, factory, cfg, actors: int) -> float:
+def time_ray(bags: list[Path], out: Path, factory, cfg, actors: int, batch: int) -> float:
     """Wall time of labelling, from the moment the actors are ready."""
     ready: list[float] = []
     summary = label_bags([LabelJob(b, b.name) for b in bags], out, factory, cfg, QUIET,
                          PoolSettings(actors=actors, num_cpus=1, in_flight=IN_FLIGHT[0],
-                                      batch=BATCH[0]),
+                                      batch=batch),
                          on_pool=lambda pool: ready.append(time.perf_counter()))
     assert not summary.failed and summary.retries == [], summary.lines()
     return time.perf_counter() - ready[0]
 
 
-def measure(name: str, bags: list[Path], tmp: Path, factory, cfg, repeats: int) -> dict:
+def measure(name: str, bags: list[Path], tmp: Path, factory, cfg, repeats: int,
+            batches: list[int]) -> dict:
+    """Best walls of replay and of Ray with 1 and 2 actors per batch size; the ratios."""
     import torch
 
     torch.set_num_threads(1)
     pipeline = factory(cfg)
-    walls: dict[str, list[float]] = {"replay": [], "ray_1": [], "ray_2": []}
-    for r in range(repeats):  # in turns, so load changes hit all three alike
+    walls: dict[str, list[float]] = {"replay": []}
+    for r in range(repeats):  # in turns, so load changes hit all alike
         walls["replay"].append(time_replay(bags, tmp / f"{name}_replay{r}", pipeline, cfg))
-        walls["ray_1"].append(time_ray(bags, tmp / f"{name}_ray1_{r}", factory, cfg, 1))
-        walls["ray_2"].append(time_ray(bags, tmp / f"{name}_ray2_{r}", factory, cfg, 2))
+        for b in batches:
+            for actors in (1, 2):
+                key = f"ray_{actors}_batch{b}"
+                walls.setdefault(key, []).append(time_ray(
+                    bags, tmp / f"{name}_{key}_{r}", factory, cfg, actors, b))
     best = {k: min(v) for k, v in walls.items()}
-    return {"walls_s": walls, "best_s": best,
-            "overhead_1_actor": best["ray_1"] / best["replay"],
-            "scaling_2_actors": best["ray_1"] / best["ray_2"]}
+    ratios = {b: {"overhead_1_actor": best[f"ray_1_batch{b}"] / best["replay"],
+                  "scaling_2_actors": best[f"ray_1_batch{b}"] / best[f"ray_2_batch{b}"]}
+              for b in batches}
+    return {"walls_s": walls, "best_s": best, "by_batch": ratios, **ratios[batches[0]]}
 
 
 def main() -> None:
@@ -118,12 +125,13 @@ def main() -> None:
                         help="stand-in CPU cost per frame")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=2, help="frames queued per actor")
-    parser.add_argument("--batch", type=int, default=1, help="frames per actor call")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4],
+                        help="frames per actor call to measure (stand-in; the first one is "
+                             "the JSON's headline; the tiny models use 1)")
     parser.add_argument("--models", help="tiny model folder (built into a temp dir if absent)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     IN_FLIGHT[0] = args.in_flight
-    BATCH[0] = args.batch
     t0 = time.perf_counter()
     started = start_ray(RaySettings(num_cpus=2, object_store_mb=200))
     ray_start_s = time.perf_counter() - t0
@@ -145,14 +153,17 @@ def main() -> None:
                                      "prompts.refinement_rounds": 0})
                     factory = build_pipeline
                     bags = make_bags(tmp / name, args.tiny_frames, args.bags, width, height)
-                res = measure(name, bags, tmp, factory, cfg, args.repeats)
+                batches = args.batches if name == "standin" else [1]
+                res = measure(name, bags, tmp, factory, cfg, args.repeats, batches)
                 frames = args.frames if name == "standin" else args.tiny_frames
                 b = res["best_s"]
-                print(f"{name}: {frames} frames in {len(bags)} bags, {width}x{height}: replay "
-                      f"{frames / b['replay']:.2f} frames/s, ray 1 actor "
-                      f"{frames / b['ray_1']:.2f}, ray 2 actors {frames / b['ray_2']:.2f}; "
-                      f"overhead_1_actor {res['overhead_1_actor']:.3f}, scaling_2_actors "
-                      f"{res['scaling_2_actors']:.3f}")
+                for n in batches:
+                    print(f"{name}: {frames} frames in {len(bags)} bags, {width}x{height}, "
+                          f"batch {n}: replay {frames / b['replay']:.2f} frames/s, ray 1 actor "
+                          f"{frames / b[f'ray_1_batch{n}']:.2f}, ray 2 actors "
+                          f"{frames / b[f'ray_2_batch{n}']:.2f}; overhead_1_actor "
+                          f"{res['by_batch'][n]['overhead_1_actor']:.3f}, scaling_2_actors "
+                          f"{res['by_batch'][n]['scaling_2_actors']:.3f}", flush=True)
                 results[name] = {"frames": frames, **res}
     finally:
         stop_ray(started)
@@ -160,8 +171,9 @@ def main() -> None:
     print(json.dumps({"overhead_1_actor": round(first["overhead_1_actor"], 3),
                       "scaling_2_actors": round(first["scaling_2_actors"], 3),
                       "pipeline": args.pipelines[0], "ray_start_s": round(ray_start_s, 2),
-                      "by_pipeline": {k: {"overhead_1_actor": round(v["overhead_1_actor"], 3),
-                                          "scaling_2_actors": round(v["scaling_2_actors"], 3),
+                      "batch": args.batches[0] if args.pipelines[0] == "standin" else 1,
+                      "by_pipeline": {k: {"by_batch": {n: {m: round(x, 3) for m, x in r.items()}
+                                                       for n, r in v["by_batch"].items()},
                                           "best_s": {n: round(s, 3)
                                                      for n, s in v["best_s"].items()}}
                                       for k, v in results.items()}}))
