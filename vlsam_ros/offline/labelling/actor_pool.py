@@ -132,6 +132,25 @@ def _death_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.split(' class_name:')[0][:160]}"
 
 
+_Batch = list  # [(stream position, tag, SourceFrame)]: the frames of one actor call
+
+
+@dataclasses.dataclass
+class _StreamState:
+    """Where every item of a stream is: sent (``pending``: call -> (actor, batch)), to be
+    sent again (``again``), or finished and waiting for an earlier one (``waiting``: stream
+    position -> (tag, result)); ``next_seq`` is the next position to hand over."""
+
+    items: Iterator[tuple[Any, SourceFrame | None]]
+    pending: dict[Any, tuple["_Actor", _Batch]] = dataclasses.field(default_factory=dict)
+    waiting: dict[int, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
+    again: collections.deque = dataclasses.field(default_factory=collections.deque)
+    attempts: dict[int, int] = dataclasses.field(default_factory=dict)
+    next_seq: int = 0
+    emitted: int = 0
+    exhausted: bool = False
+
+
 class _Actor:
     def __init__(self, handle: Any, stats: ActorStats) -> None:
         self.handle = handle
@@ -203,99 +222,104 @@ class LabelPool:
         frame's FrameOutput, or a LabelError when its pipeline failed or it killed its
         actor more than ``frame_retries`` times (the stream goes on: ``sink`` decides).
 
-        At most ``in_flight`` items per live actor are outstanding (sent, or finished and
-        waiting for an earlier one): the driver holds no more frames than that, and the
-        stream is read across bag ends without emptying the actors. Raises PoolError when
-        no actor is left; whatever ``items`` or ``sink`` raise propagates. Outstanding work
-        is drained before returning or raising.
+        At most ``in_flight x batch`` frames per live actor are outstanding (sent, or
+        finished and waiting for an earlier one): the driver holds no more than that, and
+        the stream is read across bag ends without emptying the actors. Raises PoolError
+        when no actor is left; whatever ``items`` or ``sink`` raise propagates. Outstanding
+        work is drained before returning or raising.
         """
-        ray = self._ray
-        Batch = list[tuple[int, Any, SourceFrame]]  # (stream position, tag, frame)
-        pending: dict[Any, tuple[_Actor, Batch]] = {}
-        waiting: dict[int, tuple[Any, FrameOutput | LabelError | None]] = {}
-        again: collections.deque[Batch] = collections.deque()
-        attempts: dict[int, int] = {}
-        next_seq = emitted = 0
-        exhausted = False
-        per_call = self.settings.batch
+        state = _StreamState(items)
         try:
             while True:
-                while True:  # fill the window
-                    alive = self._alive()
-                    free = [a for a in alive if a.in_flight < self.settings.in_flight]
-                    if not free:
-                        break
-                    if again:
-                        batch = again.popleft()
-                    else:
-                        batch = []
-                        room = (self.settings.in_flight * per_call * len(alive)
-                                - sum(len(b) for _, b in pending.values()) - len(waiting))
-                        while not exhausted and len(batch) < min(per_call, room):
-                            item = next(items, None)
-                            if item is None:
-                                exhausted = True
-                                break
-                            (tag, frame), seq = item, emitted
-                            emitted += 1
-                            if frame is None:  # a marker: nothing to run
-                                waiting[seq] = (tag, None)
-                                room -= 1
-                                continue
-                            batch.append((seq, tag, frame))
-                        if not batch:
-                            break
-                    actor = min(free, key=lambda a: a.in_flight)
-                    actor.in_flight += 1
-                    pending[actor.handle.label.remote([f for _, _, f in batch])] = (actor, batch)
-                while next_seq in waiting:  # hand over in stream order
-                    sink(*waiting.pop(next_seq))
-                    next_seq += 1
-                if not pending:
-                    if exhausted and not again:
-                        break
+                self._fill(state)
+                while state.next_seq in state.waiting:  # hand over in stream order
+                    sink(*state.waiting.pop(state.next_seq))
+                    state.next_seq += 1
+                if not state.pending:
+                    if state.exhausted and not state.again:
+                        return
                     continue
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = self._ray.wait(list(state.pending), num_returns=1)
                 for ref in ready:
-                    actor, batch = pending.pop(ref)
-                    actor.in_flight -= 1
-                    try:
-                        results = ray.get(ref)
-                    except ray.exceptions.RayActorError as exc:
-                        self._retry(actor, batch, _death_reason(exc), attempts, waiting, again)
-                        continue
-                    except ray.exceptions.RayTaskError as exc:  # not the pipeline's: Ray's
-                        results = [f"{type(exc).__name__}: {exc}"] * len(batch)
-                    for (seq, tag, frame), result in zip(batch, results, strict=True):
-                        if isinstance(result, str):
-                            waiting[seq] = (tag, LabelError(
-                                f"{tag}: {frame.topic} frame {frame.topic_frame}: the "
-                                f"pipeline failed: {result}"))
-                            continue
-                        actor.stats.frames += 1
-                        actor.stats.pipeline_s += result.pipeline_s
-                        waiting[seq] = (tag, result)
+                    self._collect(ref, state)
         finally:
-            self._drain(pending)
+            self._drain(state.pending)
 
-    def _retry(self, actor: _Actor, batch: list[tuple[int, Any, SourceFrame]], reason: str,
-               attempts: dict[int, int], waiting: dict[int, Any],
-               again: collections.deque) -> None:
+    def _fill(self, state: "_StreamState") -> None:
+        """Sends batches (retries first) to the least busy live actors while the window
+        has room."""
+        while True:
+            alive = self._alive()
+            free = [a for a in alive if a.in_flight < self.settings.in_flight]
+            if not free:
+                return
+            batch = state.again.popleft() if state.again else self._next_batch(state, alive)
+            if not batch:
+                return
+            actor = min(free, key=lambda a: a.in_flight)
+            actor.in_flight += 1
+            state.pending[actor.handle.label.remote([f for _, _, f in batch])] = (actor, batch)
+
+    def _next_batch(self, state: "_StreamState", alive: list[_Actor]) -> "_Batch":
+        """Up to ``batch`` frames from the stream, within the window; markers met on the
+        way go straight to ``waiting``."""
+        room = (self.settings.in_flight * self.settings.batch * len(alive) - len(state.waiting)
+                - sum(len(b) for _, b in state.pending.values()))
+        batch: _Batch = []
+        while not state.exhausted and len(batch) < min(self.settings.batch, room):
+            item = next(state.items, None)
+            if item is None:
+                state.exhausted = True
+                break
+            (tag, frame), seq = item, state.emitted
+            state.emitted += 1
+            if frame is None:  # a marker: nothing to run
+                state.waiting[seq] = (tag, None)
+                room -= 1
+            else:
+                batch.append((seq, tag, frame))
+        return batch
+
+    def _collect(self, ref: Any, state: "_StreamState") -> None:
+        """One finished actor call: its outputs (or per-frame errors) into ``waiting``; a
+        dead actor's batch to :meth:`_retry`."""
+        ray = self._ray
+        actor, batch = state.pending.pop(ref)
+        actor.in_flight -= 1
+        try:
+            results = ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            self._retry(actor, batch, _death_reason(exc), state)
+            return
+        except ray.exceptions.RayTaskError as exc:  # not the pipeline's (caught per frame)
+            results = [f"{type(exc).__name__}: {exc}"] * len(batch)
+        for (seq, tag, frame), result in zip(batch, results, strict=True):
+            if isinstance(result, str):
+                state.waiting[seq] = (tag, LabelError(
+                    f"{tag}: {frame.topic} frame {frame.topic_frame}: the pipeline failed: "
+                    f"{result}"))
+                continue
+            actor.stats.frames += 1
+            actor.stats.pipeline_s += result.pipeline_s
+            state.waiting[seq] = (tag, result)
+
+    def _retry(self, actor: _Actor, batch: "_Batch", reason: str,
+               state: "_StreamState") -> None:
         """A dead actor's batch: sent again (its frames recorded as retried), or, for a frame
         that killed more than ``frame_retries`` actors, a LabelError in its place."""
         self._bury(actor, reason)
-        resend = []
+        resend: _Batch = []
         for seq, tag, frame in batch:
-            attempts[seq] = attempts.get(seq, 0) + 1
+            state.attempts[seq] = state.attempts.get(seq, 0) + 1
             where = f"{frame.topic} frame {frame.topic_frame}"
-            if attempts[seq] > self.settings.frame_retries:
-                waiting[seq] = (tag, LabelError(f"{tag}: {where} killed {attempts[seq]} "
-                                                f"actors; last: {reason}"))
+            if state.attempts[seq] > self.settings.frame_retries:
+                state.waiting[seq] = (tag, LabelError(
+                    f"{tag}: {where} killed {state.attempts[seq]} actors; last: {reason}"))
                 continue
             self.retries.append(Retry(str(tag), where, actor.stats.name, reason))
             resend.append((seq, tag, frame))
         if resend:
-            again.append(resend)
+            state.again.append(resend)
 
     def _drain(self, pending: dict[Any, tuple[Any, ...]]) -> None:
         """Waits out frames still on the actors (after an error), ignoring their results."""

@@ -163,7 +163,7 @@ def _keep_partial(output: OutputBag, total: int, exc: BaseException) -> None:
 
 
 def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
-               cfg: VlsamConfig, options: ReplayOptions = ReplayOptions()) -> ReplaySummary:
+               cfg: VlsamConfig, options: ReplayOptions | None = None) -> ReplaySummary:
     """Replays ``in_bag`` through ``pipeline`` into the new bag ``out_bag``: source frames
     (``SourceBag``) -> ``FrameLabeller`` -> ``OutputBag``, the path ``vlsam-label`` shares.
 
@@ -176,6 +176,7 @@ def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     in_bag, out_bag = Path(in_bag), Path(out_bag)
+    options = options or ReplayOptions()
     labeller = FrameLabeller(pipeline, cfg, options)
     pipeline_s = 0.0
     started = time.perf_counter()
