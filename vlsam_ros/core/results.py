@@ -31,6 +31,8 @@ class VlmAnswer:
     ``attention_maps`` is float32 of shape (K, H, W), one map per entry of ``objects``, min-max
     normalised to [0, 1] and upsampled to the image that was given (H x W pixels).
     ``grid_shape`` is the (rows, cols) patch grid the maps were computed on.
+    ``cell_px`` is (width, height) of one patch cell in the image's pixels; None means the
+    grid covers exactly the whole image (cell = (W / cols, H / rows)).
     """
 
     question: str
@@ -38,6 +40,14 @@ class VlmAnswer:
     objects: tuple[ObjectName, ...]
     attention_maps: np.ndarray
     grid_shape: tuple[int, int]
+    cell_px: tuple[float, float] | None = None
+
+    def patch_cell_px(self) -> tuple[float, float]:
+        """(width, height) of one patch cell in pixels (see ``cell_px``)."""
+        if self.cell_px is not None:
+            return self.cell_px
+        h, w = self.attention_maps.shape[1:]
+        return w / self.grid_shape[1], h / self.grid_shape[0]
 
 
 @dataclasses.dataclass(frozen=True)
