@@ -1,0 +1,1 @@
+"""Desk tools: replay, evaluation, datasets, labelling and tuning (no ROS needed)."""

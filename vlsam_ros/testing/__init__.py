@@ -1,0 +1,1 @@
+"""Random test-model builders and synthetic scenes (tests and demos only)."""
