@@ -362,3 +362,22 @@ def test_vlsam_tune_prints_its_space(capsys):
     import yaml
 
     assert parse_space(yaml.safe_load(capsys.readouterr().out)) == default_space()
+
+
+def test_vlsam_tune_as_a_user_runs_it(tmp_path):
+    """A subprocess, as from the shell: one line on stderr, exit 2, nothing written; and
+    every option has help."""
+    import subprocess
+    import sys
+
+    from vlsam_ros.offline.tuning.tool import build_parser
+    from vlsam_ros.tools.cli import options_without_help
+
+    out = tmp_path / "tuned.yaml"
+    proc = subprocess.run([sys.executable, "-m", "vlsam_ros.offline.tuning.tool", str(out),
+                           "--images", str(tmp_path), "--clip", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == f"vlsam-tune: error: --clip {tmp_path / 'none'}: folder not found\n"
+    assert not out.exists()
+    assert options_without_help(build_parser()) == []
