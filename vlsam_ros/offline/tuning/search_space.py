@@ -33,6 +33,11 @@ from vlsam_ros.core.config import ConfigError, from_flat, schema
 
 KINDS = ("uniform", "integers", "choice")
 
+WHEN_AVAILABLE = "when_available"
+"""Flag of a DEFAULT_SPACE entry whose key may not be in the schema yet (an option another
+change adds): ``default_space`` drops it while the key is unknown. Files given with
+``--space`` have no such flag: an unknown key there is an error."""
+
 DEFAULT_SPACE: tuple[dict[str, Any], ...] = (
     # Threshold on the min-max normalised map (PnP-OVSS searched 0.05-0.5 on raw attention).
     {"key": "prompts.threshold", "uniform": [0.2, 0.8]},
@@ -47,6 +52,12 @@ DEFAULT_SPACE: tuple[dict[str, Any], ...] = (
     # LENS keypoint options of the prompt step.
     {"key": "prompts.subpixel_peak", "choice": ["off", "quadratic", "gaussian"]},
     {"key": "prompts.positive_points", "integers": [1, 3]},
+    {"key": "prompts.positive_separation_cells", "uniform": [1.0, 4.0]},
+    # PnP-OVSS options of issue 19's other half (GradCAM weighting, Salience DropOut):
+    # searched once the schema has them (WHEN_AVAILABLE), left out before.
+    {"key": "attention.gradcam", "choice": [False, True], WHEN_AVAILABLE: True},
+    {"key": "prompts.dropout_iterations", "integers": [0, 3], WHEN_AVAILABLE: True},
+    {"key": "prompts.dropout_patches", "choice": [4, 8, 16, 32], WHEN_AVAILABLE: True},
 )
 
 
@@ -175,4 +186,8 @@ def load_space(path: str | Path) -> SearchSpace:
 
 
 def default_space() -> SearchSpace:
-    return parse_space(DEFAULT_SPACE, "default search space")
+    """DEFAULT_SPACE, without the WHEN_AVAILABLE entries whose key the schema lacks."""
+    known = {e.name for e in schema()}
+    entries = [{k: v for k, v in d.items() if k != WHEN_AVAILABLE} for d in DEFAULT_SPACE
+               if not d.get(WHEN_AVAILABLE) or d["key"] in known]
+    return parse_space(entries, "default search space")
