@@ -153,6 +153,10 @@ def test_an_interrupted_search_resumes_to_the_same_result(tmp_path):
     assert [(t.index, t.params, t.reward) for t in resumed.trials] == \
         [(t.index, t.params, t.reward) for t in whole.trials]
     assert resumed.best.index == whole.best.index
+    again = random_search(space, lambda p: pytest.fail("all trials are done"), trials=40,
+                          seed=5, checkpoint=ckpt, progress=False)
+    assert again.resumed == 40 and again.best == resumed.best
+    assert len(ckpt.read_text().splitlines()) == 1 + 40
     with pytest.raises(CheckpointError, match="seed"):
         random_search(space, planted, trials=40, seed=6, checkpoint=ckpt, progress=False)
 
@@ -221,6 +225,29 @@ def test_tune_finds_the_planted_optimum_of_rounds_and_threshold(street):
     assert best.prompts.refinement_rounds == 2 and best.prompts.threshold >= 0.5
     assert result.best.reward == pytest.approx(4.0)
     assert pipe.cfg == base                           # the pipeline is left as it was
+
+
+def test_frames_from_a_bag_and_a_folder(tmp_path, street):
+    from test_replay import TOPIC, frame_rgb, write_image_bag
+
+    from vlsam_ros.offline.tuning.frames import FramesError, frames_from_bag
+
+    write_image_bag(tmp_path / "bag", 5)
+    frames = frames_from_bag(tmp_path / "bag", [TOPIC], every=2)
+    assert [f.source for f in frames] == [f"{TOPIC}#0", f"{TOPIC}#2", f"{TOPIC}#4"]
+    np.testing.assert_array_equal(frames[1].image, frame_rgb(2))
+    assert len(frames_from_bag(tmp_path / "bag", [TOPIC], max_frames=2)) == 2
+    with pytest.raises(FramesError, match="not in the bag; its image topics"):
+        frames_from_bag(tmp_path / "bag", ["/other/image_raw"])
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name in ("b.png", "a.png", "c.jpg"):
+        cv2.imwrite(str(folder / name), street.image)
+    (folder / "notes.txt").write_text("not an image")
+    assert [f.source for f in frames_from_folder(folder, every=2)] == ["a.png", "c.jpg"]
+    (folder / "d.png").write_text("broken")
+    with pytest.raises(FramesError, match="d.png: cannot be decoded"):
+        frames_from_folder(folder)
 
 
 # ------------------------------------------------------------------------- CLIP scorer

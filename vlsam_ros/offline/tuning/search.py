@@ -96,6 +96,16 @@ def read_checkpoint(path: Path, header: dict[str, Any]) -> dict[int, Trial]:
     return trials
 
 
+def _rewrite(path: Path, header: dict[str, Any], trials: dict[int, Trial]) -> None:
+    """Replaces ``path`` (atomically) by the header and ``trials``: drops a line cut short
+    by a crash, so the next appended trial starts on a line of its own."""
+    text = "".join(json.dumps(r) + "\n" for r in
+                   [header] + [dataclasses.asdict(trials[i]) for i in sorted(trials)])
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -118,9 +128,9 @@ def random_search(space: SearchSpace, objective: Callable[[dict[str, Any]], floa
     header = _header(space, seed, fingerprint)
     done: dict[int, Trial] = {}
     if path is not None:
-        done = {i: t for i, t in read_checkpoint(path, header).items() if i < trials}
-        if not path.exists() or not path.read_text().strip():
-            _append(path, header)
+        found = read_checkpoint(path, header)
+        _rewrite(path, header, found)
+        done = {i: t for i, t in found.items() if i < trials}
     resumed = len(done)
     best = max(done.values(), key=lambda t: (t.reward, -t.index), default=None)
     bar = tqdm(total=trials, initial=resumed, unit="trial", desc="tune", file=sys.stderr,
