@@ -144,15 +144,14 @@ def test_subpixel_refinement_recovers_a_planted_gaussian_peak(method, sigma):
 
 def test_subpixel_refinement_on_a_padded_non_square_image():
     """LLaVA-1.5 'whole' fit: a 200 x 336 frame padded to a square, so the grid box extends
-    68 px above and below the image and cells are 14 px (layouts.cell_px)."""
-    from vlsam_ros.core.vlm.layouts import ImageLayout, cell_px
-
+    68 px above and below the image and cells are 14 px (VlmAnswer.patch_cell_px)."""
     box = (0.0, -68.0, 336.0, 268.0)
-    layout = ImageLayout(torch.arange(576), torch.arange(576).reshape(24, 24), box)
-    cell = cell_px(layout)
-    assert cell == (14.0, 14.0)
     cx, cy = 11.37, 12.64                                 # cell units of the padded square
     up = upsample_to_image(_gaussian_grid(24, 24, (cx, cy), 1.0), (200, 336), box).numpy()
+    answer = VlmAnswer("q", "thing", (ObjectName("thing", (0, 1)),), up[None], (24, 24), box)
+    cell = answer.patch_cell_px()
+    assert cell == (14.0, 14.0)
+    assert VlmAnswer("q", "", (), np.zeros((0, 200, 336)), (10, 12)).patch_cell_px() == (28, 20)
     peak = pixel_centre(int(np.argmax(up)), 336)
     x, y = subpixel_peak(up, peak, cell, "gaussian")
     assert abs(x / 14.0 - cx) <= 0.1 and abs((y + 68.0) / 14.0 - cy) <= 0.1

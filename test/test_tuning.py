@@ -250,6 +250,42 @@ def test_frames_from_a_bag_and_a_folder(tmp_path, street):
         frames_from_folder(folder)
 
 
+def test_trials_with_the_same_vlm_settings_reuse_its_answers(street):
+    """Same rewards with and without the cache; with it, the VLM runs once per distinct
+    attention setting (2 here), not once per trial."""
+    space = parse_space([{"key": "prompts.refinement_rounds", "integers": [0, 2]},
+                         {"key": "attention.use_flow", "choice": [True, False]}])
+    frames = [Frame("street", street.image)]
+    runs = {}
+    for cache in (0, 2**30):
+        pipe = _pipeline(street)
+        vlm = pipe.vlm
+        result, _ = tune(pipe, frames, GroundTruthScorer(street), space, trials=10, seed=1,
+                         template="{}", progress=False, vlm_cache_bytes=cache)
+        runs[cache] = (len(vlm.describe_batches), [t.reward for t in result.trials])
+        assert pipe.vlm is vlm
+    assert runs[0][0] == 10 and runs[2**30][0] == 2
+    assert runs[0][1] == runs[2**30][1]
+
+
+def test_vlm_cache_evicts_the_least_recently_used_and_freezes_maps(street):
+    from vlsam_ros.core.config import AttentionConfig, VlmConfig
+    from vlsam_ros.offline.tuning.vlm_cache import CachedVlm
+
+    vlm = PlantedVlm(street)
+    one_answer = 3 * street.image.shape[0] * street.image.shape[1] * 4     # 3 float32 maps
+    cache = CachedVlm(vlm, max_bytes=one_answer)
+    a, b = AttentionConfig(), AttentionConfig(use_flow=False)
+    first = cache.describe([street.image], [Q], VlmConfig(), a)
+    with pytest.raises(ValueError, match="read-only"):
+        first[0].attention_maps[0, 0, 0] = 1.0
+    assert cache.describe([street.image], [Q], VlmConfig(), a)[0] is first[0]
+    cache.describe([street.image], [Q], VlmConfig(), b)                   # evicts a
+    cache.describe([street.image], [Q], VlmConfig(), a)
+    assert (cache.hits, cache.misses, len(vlm.describe_batches)) == (1, 3, 3)
+    assert cache.generate_text("x", VlmConfig()) == vlm.rephrasings       # passed through
+
+
 # ------------------------------------------------------------------------- CLIP scorer
 
 @pytest.fixture(scope="module")
@@ -299,7 +335,14 @@ def _planted_factory(scene):
 
 
 def _args(tmp_path, images, clip, *extra):
+    """The command's arguments; the space (a file, as a user gives it) holds what the
+    planted VLM double supports."""
+    space = tmp_path / "space.yaml"
+    if not space.exists():
+        space.write_text(parse_space(SMALL_SPACE + [
+            {"key": "prompts.subpixel_peak", "choice": ["off", "gaussian"]}]).to_yaml())
     return [str(tmp_path / "tuned.yaml"), "--images", str(images), "--clip", str(clip),
+            "--space", str(space),
             "--set", "device=cpu", "--set", f"vlm.question={Q}", "--set",
             "ensemble.question_source=config", "--trials", "3", "--no-progress", *extra]
 
@@ -380,7 +423,7 @@ def test_vlsam_tune_interrupted_then_resumed(street, tmp_path, capsys):
     (["--clip", "{tmp}/nowhere"], "--clip {tmp}/nowhere: folder not found"),
     (["--images", "{tmp}/nowhere"], "--images {tmp}/nowhere: folder not found"),
     (["--set", "prompts.threshold=2"], "threshold=2.0: must lie in"),
-    (["--space", "{tmp}/space.yaml"], "not a run-time field"),
+    (["--space", "{tmp}/bad_space.yaml"], "not a run-time field"),
 ])
 def test_vlsam_tune_user_errors_are_one_line(street, tmp_path, capsys, extra, message):
     from vlsam_ros.offline.tuning.tool import main
@@ -388,7 +431,7 @@ def test_vlsam_tune_user_errors_are_one_line(street, tmp_path, capsys, extra, me
     images = _image_folder(street, tmp_path / "frames")
     clip = tmp_path / "clip"
     clip.mkdir()
-    (tmp_path / "space.yaml").write_text("- {key: vlm.model, choice: [a, b]}\n")
+    (tmp_path / "bad_space.yaml").write_text("- {key: vlm.model, choice: [a, b]}\n")
     extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
     code = main(_args(tmp_path, images, clip, *extra),
                 pipeline_factory=lambda cfg: pytest.fail("models loaded before the checks"))

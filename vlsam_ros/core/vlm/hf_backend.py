@@ -179,7 +179,7 @@ class HuggingFaceVlm:
             rec.release(rows[b])
             answers.append(VlmAnswer(question=question, text=sample.text, objects=sample.objects,
                                      attention_maps=maps, grid_shape=layout.grid_shape,
-                                     cell_px=layouts.cell_px(layout)))
+                                     grid_box_xyxy=layout.box_xyxy))
         self.last_capture_peak_bytes = rec.peak_bytes
         return answers
 

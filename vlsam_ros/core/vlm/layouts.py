@@ -53,13 +53,6 @@ class ImageLayout:
         return int(self.grid_index.shape[0]), int(self.grid_index.shape[1])
 
 
-def cell_px(layout: ImageLayout) -> tuple[float, float]:
-    """(width, height) in pixels of one cell of the layout's patch grid over its box."""
-    x0, y0, x1, y1 = layout.box_xyxy
-    rows, cols = layout.grid_shape
-    return (x1 - x0) / cols, (y1 - y0) / rows
-
-
 def token_runs(ids: Sequence[int], token_id: int) -> list[tuple[int, int]]:
     """Maximal runs [start, end) of ``token_id`` in ``ids``."""
     runs: list[tuple[int, int]] = []

@@ -28,6 +28,7 @@ from vlsam_ros.offline.tuning.frames import Frame, frames_fingerprint
 from vlsam_ros.offline.tuning.reward import (DEFAULT_TEXT_TEMPLATE, ImageTextScorer, Masked,
                                              frame_reward)
 from vlsam_ros.offline.tuning.search_space import SearchSpace
+from vlsam_ros.offline.tuning.vlm_cache import CachedVlm
 
 CHECKPOINT_FORMAT = 1
 
@@ -184,15 +185,20 @@ def configuration_reward(pipeline: Any, frames: Sequence[Frame], scorer: ImageTe
 
 def tune(pipeline: Any, frames: Sequence[Frame], scorer: ImageTextScorer, space: SearchSpace,
          trials: int, seed: int, checkpoint: str | Path | None = None,
-         template: str = DEFAULT_TEXT_TEMPLATE, progress: bool = True
-         ) -> tuple[SearchResult, VlsamConfig]:
+         template: str = DEFAULT_TEXT_TEMPLATE, progress: bool = True,
+         vlm_cache_bytes: int = 0) -> tuple[SearchResult, VlsamConfig]:
     """Random search over ``space`` on top of ``pipeline.cfg`` (``Pipeline``: ``cfg``,
-    ``update_config``, ``run``), maximising ``configuration_reward``. Returns the search
-    and the best configuration (base config with the best trial's values); the pipeline
-    is left with its base configuration."""
+    ``update_config``, ``run``, ``vlm``), maximising ``configuration_reward``. Returns the
+    search and the best configuration (base config with the best trial's values); the
+    pipeline is left with its base configuration and its own VLM. With
+    ``vlm_cache_bytes`` > 0, trials that share the VLM and attention settings share the VLM's
+    answers (``vlm_cache.CachedVlm``, at most that many bytes of maps)."""
     if not frames:
         raise ValueError("no frames to tune on")
     base = pipeline.cfg
+    vlm = pipeline.vlm
+    if vlm_cache_bytes > 0:
+        pipeline.vlm = CachedVlm(vlm, vlm_cache_bytes)
 
     def objective(params: dict[str, Any]) -> float:
         pipeline.update_config(from_flat(params, base))
@@ -203,4 +209,5 @@ def tune(pipeline: Any, frames: Sequence[Frame], scorer: ImageTextScorer, space:
                                config_fingerprint(base, frames, scorer, template), progress)
     finally:
         pipeline.update_config(base)
+        pipeline.vlm = vlm
     return result, from_flat(result.best.params, base)

@@ -3,8 +3,8 @@
     vlsam-tune OUT_PARAMS.yaml (--images FOLDER | --bag BAG [--topics T ...]) --clip FOLDER
         [--params-file config/vlsam.yaml] [--profile NAME|FILE] [--set key=value ...]
         [--space space.yaml] [--trials 50] [--seed 0] [--every 1] [--max-frames 20]
-        [--checkpoint FILE] [--text-template "a photo of a {}."] [--node-name vlsam]
-        [--no-progress]
+        [--checkpoint FILE] [--text-template "a photo of a {}."] [--vlm-cache-gib 2]
+        [--node-name vlsam] [--no-progress]
     vlsam-tune --print-space | --list-keys
 
 Loads the VLM and SAM of the configuration (params file, then profile, then ``--set``,
@@ -19,7 +19,9 @@ a complete ROS 2 parameter file (the format of config/vlsam.yaml) that ``vlsam-n
 Progress is a bar on stderr. Every finished trial is appended to the checkpoint (default
 ``OUT_PARAMS.yaml.trials.jsonl``); after an interrupt (exit 130) or a crash, the same
 command resumes where it stopped and gives the same result as an uninterrupted run.
-The CLIP model is read from a local folder (``--clip``); nothing is downloaded.
+The CLIP model is read from a local folder (``--clip``); nothing is downloaded. Trials
+with the same VLM and attention settings reuse the VLM's answers (``vlm_cache.py``,
+``--vlm-cache-gib``), so prompt-only changes cost no VLM run.
 Exit status: 0 done, 2 user error (bad arguments, configuration, frames, missing models,
 an existing output, a checkpoint of another search), 130 interrupted.
 """
@@ -79,6 +81,9 @@ def build_parser() -> ToolParser:
                    "(default: %(default)r)")
     p.add_argument("--clip-batch", type=positive_int, default=16, help="images per CLIP "
                    "forward pass (default: %(default)s)")
+    p.add_argument("--vlm-cache-gib", type=float, default=2.0, help="memory for reusing "
+                   "the VLM's answers between trials with the same VLM and attention "
+                   "settings, GiB; 0 runs the VLM in every trial (default: %(default)s)")
     p.add_argument("--node-name", default="vlsam", help="node entry of the parameter files "
                    "read and written (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -128,6 +133,8 @@ def _body(args: argparse.Namespace, pipeline_factory: Callable[[Any], Any],
         raise ToolError(f"missing {', '.join(missing)} (see {PROG} --help)")
     if args.topics and args.bag is None:
         raise ToolError("--topics needs --bag")
+    if not args.vlm_cache_gib >= 0:
+        raise ToolError(f"--vlm-cache-gib {args.vlm_cache_gib}: must be 0 or more")
     # Cheap checks first: configuration, inputs, outputs; then frames; then models.
     if args.params_file is not None:
         check_input(args.params_file, "--params-file", folder=False)
@@ -147,7 +154,8 @@ def _body(args: argparse.Namespace, pipeline_factory: Callable[[Any], Any],
     pipeline = pipeline_factory(cfg)
     try:
         result, best_cfg = tune(pipeline, frames, scorer, space, args.trials, args.seed,
-                                checkpoint, args.text_template, not args.no_progress)
+                                checkpoint, args.text_template, not args.no_progress,
+                                int(args.vlm_cache_gib * 2**30))
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"finished trials are kept in {checkpoint}; run the same "
                                 "command again to resume") from None
