@@ -310,7 +310,8 @@ def test_clip_scorer_is_the_cosine_of_clip_embeddings(tiny_clip):
     proc = CLIPProcessor.from_pretrained(tiny_clip)
     with torch.inference_mode():
         out = model(**proc(text=texts, images=images, return_tensors="pt", padding=True))
-    expected = torch.diagonal(out.logits_per_image).double() / model.logit_scale.detach().exp().double()
+    scale = model.logit_scale.detach().exp().double()
+    expected = torch.diagonal(out.logits_per_image).double() / scale
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
     assert got.shape == (3,) and np.all(np.abs(got) <= 1.0)
 
@@ -370,8 +371,8 @@ def test_vlsam_tune_writes_a_parameter_file_the_node_loads(street, tiny_clip, tm
     import rclpy
     from rclpy.context import Context
 
-    from vlsam_ros.node import VlsamNode
-    from vlsam_ros.parameters import config_from_parameters
+    from vlsam_ros.ros.node import VlsamNode
+    from vlsam_ros.ros.parameters import config_from_parameters
 
     context = Context()
     rclpy.init(context=context, args=["--ros-args", "--params-file", str(out)])

@@ -1,1 +1,1 @@
-"""Desk tools: replay, evaluation, datasets, labelling and tuning (no ROS needed)."""
+"""Desk tools: bag replay, evaluation, dataset conversion, the demo, labelling, tuning."""

@@ -1,1 +1,1 @@
-"""Random test-model builders and synthetic scenes (tests and demos only)."""
+"""Random-weight test models and generated scenes, for tests and benchmarks only."""

@@ -69,9 +69,9 @@ def frames_from_bag(bag: str | Path, topics: Sequence[str], every: int = 1,
     """Images of the camera ``topics`` of a rosbag2 (the node's decoder), counted over all
     topics together in log-time order. FramesError for a missing topic, a non-image topic
     or an undecodable frame; BagError for an unreadable bag."""
-    from vlsam_ros import conversions
-    from vlsam_ros.bag_io import iter_messages, open_reader, vlsam_typestore
-    from vlsam_ros.tools.replay_bag import ReplayError, select_cameras
+    from vlsam_ros.offline.replay.bag_io import iter_messages, open_reader, vlsam_typestore
+    from vlsam_ros.offline.replay.replay_bag import ReplayError, select_cameras
+    from vlsam_ros.ros import conversions
 
     store = vlsam_typestore()
     frames: list[Frame] = []

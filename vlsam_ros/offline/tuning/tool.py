@@ -5,7 +5,7 @@
         [--space space.yaml] [--trials 50] [--seed 0] [--every 1] [--max-frames 20]
         [--checkpoint FILE] [--text-template "a photo of a {}."] [--vlm-cache-gib 2]
         [--node-name vlsam] [--no-progress]
-    vlsam-tune --print-space | --list-keys
+    vlsam-tune --print-space | --list-keys | --print-config [config options]
 
 Loads the VLM and SAM of the configuration (params file, then profile, then ``--set``,
 as every tool) once, then runs a seeded random search (``search.py``) over the search space
@@ -34,13 +34,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from vlsam_ros.core.config import load_config, parse_set_flags
+from vlsam_ros.offline.replay.bag_io import BagError
 from vlsam_ros.offline.tuning.frames import FramesError, frames_from_bag, frames_from_folder
 from vlsam_ros.offline.tuning.reward import DEFAULT_TEXT_TEMPLATE
 from vlsam_ros.offline.tuning.search import CheckpointError, tune
 from vlsam_ros.offline.tuning.search_space import default_space, load_space
 from vlsam_ros.tools.cli import (EXIT_OK, ToolError, ToolParser, check_input, check_new_output,
                                  positive_int, run_tool, write_text_atomically)
-from vlsam_ros.tools.config_options import list_keys_text
+from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text
 
 PROG = "vlsam-tune"
 LOG = logging.getLogger(__name__)
@@ -89,8 +90,7 @@ def build_parser() -> ToolParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-space", action="store_true", help="print the search space (the "
                    "default, or --space) as YAML and exit")
-    p.add_argument("--list-keys", action="store_true", help="list every configuration key "
-                   "and exit")
+    add_config_options(p)
     return p
 
 
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None, *,
     scorer); production uses the defaults."""
     args = build_parser().parse_args(argv)
     return run_tool(PROG, lambda: _body(args, pipeline_factory, scorer_factory),
-                    user_errors=(FramesError, CheckpointError))
+                    user_errors=(FramesError, CheckpointError, BagError))
 
 
 def _body(args: argparse.Namespace, pipeline_factory: Callable[[Any], Any],
@@ -125,6 +125,14 @@ def _body(args: argparse.Namespace, pipeline_factory: Callable[[Any], Any],
     if args.print_space:
         print(space.to_yaml(), end="")
         return EXIT_OK
+    # Cheap checks first: configuration, inputs, outputs; then frames; then models.
+    if args.params_file is not None:
+        check_input(args.params_file, "--params-file", folder=False)
+    cfg = load_config(args.params_file, parse_set_flags(args.overrides), args.node_name,
+                      profile=args.profile)
+    if args.print_config:
+        print(config_text(cfg, args.node_name, PROG), end="")
+        return EXIT_OK
     missing = [name for name, value in (("OUT", args.out), ("--clip", args.clip))
                if value is None]
     if args.images is None and args.bag is None:
@@ -135,11 +143,6 @@ def _body(args: argparse.Namespace, pipeline_factory: Callable[[Any], Any],
         raise ToolError("--topics needs --bag")
     if not args.vlm_cache_gib >= 0:
         raise ToolError(f"--vlm-cache-gib {args.vlm_cache_gib}: must be 0 or more")
-    # Cheap checks first: configuration, inputs, outputs; then frames; then models.
-    if args.params_file is not None:
-        check_input(args.params_file, "--params-file", folder=False)
-    cfg = load_config(args.params_file, parse_set_flags(args.overrides), args.node_name,
-                      profile=args.profile)
     check_new_output(args.out, "output parameter file")
     checkpoint = args.checkpoint or args.out.with_name(args.out.name + ".trials.jsonl")
     check_input(args.clip, "--clip", folder=True)
