@@ -67,7 +67,7 @@ class ClipScorer:
             return np.zeros(0, dtype=np.float64)
         unique = sorted(set(texts))
         with torch.inference_mode():
-            tok = self.processor(text=unique, return_tensors="pt", padding=True)
+            tok = self.processor(text=unique, return_tensors="pt", padding=True, truncation=True)
             text_emb = _unit(_features(self.model.get_text_features(
                 **{k: v.to(self.device) for k, v in tok.items()})))
             row = {t: i for i, t in enumerate(unique)}
