@@ -198,6 +198,29 @@ def test_truncated_bag_fails_alone(bags, tmp_path, ray_session):
 
 
 @pytest.mark.slow
+def test_pipeline_error_fails_its_bag_only(bags, tmp_path, ray_session):
+    """A pipeline error (not a bad image) on one bag's frames fails that bag, named with the
+    frame; the bags before and after it finish, byte-identical to the replay."""
+    from vlsam_ros.offline.datasets.coda_dataset import load_coda_dataset
+    from vlsam_ros.offline.datasets.dataset_to_bag import dataset_to_bag
+    from vlsam_ros.offline.datasets.make_demo_dataset import make_demo_dataset
+
+    make_demo_dataset(tmp_path / "coda", num_frames=3, width=96, height=48, seed=1)
+    odd = dataset_to_bag(load_coda_dataset(tmp_path / "coda"), tmp_path / "odd")
+    job_list = [jobs(bags)[2], lb.LabelJob(odd, "odd"), jobs(bags)[0]]
+    summary = lb.label_bags(job_list, tmp_path / "out", StandInFactory(fail_on_width=96),
+                            CFG, QUIET, TWO_ACTORS)  # the other bags are 64 px wide
+    assert [b.status for b in summary.bags] == ["labelled", "failed", "labelled"]
+    assert "odd: /cam_front/image_raw frame 1: the pipeline failed: RuntimeError: " \
+        "stand-in failure" in summary.bags[1].error
+    assert not (tmp_path / "out" / "odd").exists()
+    for name in ("short_mcap", "front_sqlite"):
+        want, got = bags / "replayed" / name, tmp_path / "out" / name
+        names = sorted(p.name for p in want.iterdir())
+        assert filecmp.cmpfiles(want, got, names, shallow=False)[1:] == ([], [])
+
+
+@pytest.mark.slow
 def test_cli_labels_a_folder(bags, tmp_path, ray_session, monkeypatch):
     """vlsam-label on a folder of bags: exit 3 (a frame skipped), the summary file, then a
     re-run that finds everything done and still reports the recorded skip."""

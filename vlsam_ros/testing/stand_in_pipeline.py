@@ -9,7 +9,9 @@ made up (non-zero), so a replay must zero them to be reproducible.
 :class:`StandInFactory` builds one per process (``factory(cfg)``, what ``vlsam-label``
 calls in each actor). With ``crash_on_call=N`` and ``crash_marker=PATH``, the first process
 to reach its N-th ``run`` call while ``PATH`` does not exist creates ``PATH`` and ends
-itself at once (``os._exit``), like a killed worker; later processes run normally.
+itself at once (``os._exit``), like a killed worker; later processes run normally. With
+``fail_on_width=W``, a frame W pixels wide raises RuntimeError (a pipeline error, not a bad
+image).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ class StandInPipeline:
     """Deterministic one-detection pipeline; ``run`` takes uint8 (H, W, 3) RGB."""
 
     def __init__(self, cost_s: float = 0.0, crash_on_call: int | None = None,
-                 crash_marker: str | None = None) -> None:
+                 crash_marker: str | None = None, fail_on_width: int | None = None) -> None:
         self.cost_s = cost_s
         self.crash_on_call = crash_on_call
         self.crash_marker = crash_marker
+        self.fail_on_width = fail_on_width
         self.calls = 0
 
     def run(self, image: np.ndarray) -> FrameResult:
@@ -44,6 +47,8 @@ class StandInPipeline:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise InvalidImageError(f"expected uint8 (H, W, 3), got {image.dtype} "
                                     f"{image.shape}")
+        if image.shape[1] == self.fail_on_width:
+            raise RuntimeError(f"stand-in failure on a {image.shape[1]} px wide frame")
         end = time.perf_counter() + self.cost_s
         while time.perf_counter() < end:  # fixed CPU cost
             pass
@@ -66,6 +71,8 @@ class StandInFactory:
     cost_s: float = 0.0
     crash_on_call: int | None = None
     crash_marker: str | None = None
+    fail_on_width: int | None = None
 
     def __call__(self, cfg: object) -> StandInPipeline:
-        return StandInPipeline(self.cost_s, self.crash_on_call, self.crash_marker)
+        return StandInPipeline(self.cost_s, self.crash_on_call, self.crash_marker,
+                               self.fail_on_width)
