@@ -220,6 +220,65 @@ def test_pipeline_error_fails_its_bag_only(bags, tmp_path, ray_session):
         assert filecmp.cmpfiles(want, got, names, shallow=False)[1:] == ([], [])
 
 
+SIGINT_DRIVER = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job ignores it
+sys.path.insert(0, {test!r})
+from pathlib import Path
+from test_replay import CFG
+from vlsam_ros.offline.labelling import label_bags as lb
+from vlsam_ros.offline.labelling.actor_pool import PoolSettings
+from vlsam_ros.offline.labelling.ray_session import RaySettings
+from vlsam_ros.offline.replay.replay_options import ReplayOptions
+from vlsam_ros.testing.stand_in_pipeline import StandInFactory
+from vlsam_ros.tools.cli import run_tool
+root = Path({root!r})
+def body():
+    lb.label_bags([lb.LabelJob(root / "in" / n, n) for n in ("a", "b")], root / "out",
+                  StandInFactory(cost_s=0.2), CFG, ReplayOptions(progress=False),
+                  PoolSettings(actors=2), RaySettings(num_cpus=2))
+    return 0
+sys.exit(run_tool("label", body))
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_real_process_then_resume(tmp_path):
+    """SIGINT to a labelling process (its own local Ray) in the middle of the second bag:
+    exit 130 with the summary, the first bag complete, the second only checkpointed; the
+    re-run labels the rest, and both equal the replay."""
+    import signal
+    import time
+
+    for name, n in (("a", 6), ("b", 30)):
+        write_image_bag(tmp_path / "in" / name, n)
+    code = SIGINT_DRIVER.format(test=str(Path(__file__).parent), root=str(tmp_path))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / "out" / "b.partial" / "journal.bin"
+    deadline = time.monotonic() + 120
+    while not (journal.is_file() and journal.stat().st_size > 3000):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "label: interrupted; 1 bag(s) finished" in err
+    assert (tmp_path / "out" / "a").is_dir() and not (tmp_path / "out" / "b").exists()
+    done = json.loads((tmp_path / "out" / "b.partial" / "progress.json").read_text())
+    assert 0 < done["frames_done"] < 30
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("a", "b"):
+        rb.replay_bag(tmp_path / "in" / name, tmp_path / "replayed" / name, StandInPipeline(),
+                      CFG, QUIET)
+        want, got = tmp_path / "replayed" / name, tmp_path / "out" / name
+        names = sorted(p.name for p in want.iterdir())
+        assert filecmp.cmpfiles(want, got, names, shallow=False)[1:] == ([], [])
+
+
 @pytest.mark.slow
 def test_cli_labels_a_folder(bags, tmp_path, ray_session, monkeypatch):
     """vlsam-label on a folder of bags: exit 3 (a frame skipped), the summary file, then a
