@@ -384,3 +384,15 @@ def test_node_and_core_do_not_import_ray():
                           env=os.environ, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_missing_ray_is_a_clear_error(monkeypatch):
+    """Without Ray installed, vlsam-label says what to install (a one-line user error)."""
+    from vlsam_ros.offline.labelling import ray_session
+    from vlsam_ros.tools.cli import ToolError
+
+    for key in (ray_session.LOCAL_ONLY_ENV, ray_session.WORKER_NICENESS_ENV, "RAY_ADDRESS"):
+        monkeypatch.delenv(key, raising=False)  # restored after the test
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(ToolError, match=r"needs Ray.*pip install ray==2\.60\.0"):
+        ray_session.start_ray(RaySettings())

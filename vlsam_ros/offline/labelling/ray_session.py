@@ -9,6 +9,8 @@ import dataclasses
 import os
 from typing import Any
 
+from vlsam_ros.tools.cli import ToolError
+
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 """Ray's switch between a cluster-reachable node address and loopback. Set to ``0`` for a
 local Ray, its servers bind 127.0.0.1 only (checked with ``ss -ltn``); otherwise they
@@ -44,7 +46,12 @@ def start_ray(settings: RaySettings) -> bool:
     if address is None:
         os.environ[LOCAL_ONLY_ENV] = "0"  # read when ray is imported, and by its children
         os.environ.setdefault(WORKER_NICENESS_ENV, "0")  # read by the raylet it starts
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise ToolError("vlsam-label needs Ray, which is not installed: pip install "
+                        "ray==2.60.0 (or pip install '.[labelling]' in the source tree)"
+                        ) from None
 
     if ray.is_initialized():
         return False
