@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -186,7 +188,8 @@ def _plant(prompt_len, key_a, key_b, layer_planted):
         rows = torch.arange(n_keys - n_q, n_keys) >= prompt_len - 1
         query[:, 0, rows] = u
         key[:, 0, key_a] = u
-        key[:, 0, key_b] = u * B_KEY_SCALE
+        if key_b is not None:
+            key[:, 0, key_b] = u * B_KEY_SCALE
         return query, key
     return hook
 
@@ -224,3 +227,50 @@ def test_gradcam_moves_the_map_to_the_region_the_plain_map_ranks_second(llava, m
     assert evidence[key_a] > evidence[key_b]
     assert _ranked_cells(plain.attention_maps, layout.grid_shape)[:2] == [CELL_B, CELL_A]
     assert _ranked_cells(weighted.attention_maps, layout.grid_shape)[0] == CELL_A
+
+
+# ---------------------------------------------------------------------------------------
+# Oracle-segmenter ablation through the pipeline (style of test_pipeline's stage test)
+# ---------------------------------------------------------------------------------------
+
+
+def _cell_box(cell):
+    return cell[1] * 8, cell[0] * 8, cell[1] * 8 + 8, cell[0] * 8 + 8
+
+
+@pytest.mark.parametrize("distractor,plain_mar,gradcam_mar", [
+    (True, 0.0, 1.0),      # built to need it: the plain map prompts the distractor
+    (False, 1.0, 1.0),     # only the object is attended: recall unchanged
+])
+def test_gradcam_ablation_with_the_oracle_segmenter(llava, monkeypatch, distractor, plain_mar,
+                                                    gradcam_mar):
+    """48 x 48 scene, one 8 x 8 object per cell of LLaVA's 6 x 6 grid: the named object
+    fills CELL_A, a distractor of another colour CELL_B (not annotated). The attention is
+    planted as above (with the distractor: ~0.6 on A, ~0.4 on B; without: all on A)."""
+    from oracle import OracleSegmenter, make_scene, scene_recall
+    from vlsam_ros.core.pipeline import Pipeline
+
+    scene = make_scene(48, 48, [("target", _cell_box(CELL_A)), ("distractor", _cell_box(CELL_B))])
+    truth = dataclasses.replace(make_scene(48, 48, [("target", _cell_box(CELL_A))]),
+                                image=scene.image)
+    inputs = llava._inputs([llava._prompt(QUESTION, with_image=True)], [scene.image])
+    ids = inputs["input_ids"][0].tolist()
+    layout = llava.image_layout(ids, scene.image.shape[:2], inputs, 0)
+    key_a = int(layout.grid_index[CELL_A])
+    key_b = int(layout.grid_index[CELL_B]) if distractor else None
+    monkeypatch.setattr(hf_backend, "parse_object_names", _every_token_is_an_object)
+    llava.qk_hook = _plant(len(ids), key_a, key_b, layer_planted=1)
+    mar = {}
+    try:
+        for gradcam in (False, True):
+            # One prompt per object map, no refinement (the stage test's "prompt" stage);
+            # the threshold keeps only the map's peak blob as the positive area.
+            cfg = from_flat({"device": "cpu", "vlm.dtype": "float32", "vlm.max_new_tokens": 6,
+                             "vlm.question": QUESTION, "prompts.refinement_rounds": 0,
+                             "prompts.threshold": 0.75, "ensemble.tiles": False,
+                             "ensemble.num_questions": 1, "attention.gradcam": gradcam})
+            result = Pipeline(cfg, llava, OracleSegmenter()).run(scene.image)
+            mar[gradcam] = scene_recall(truth, result).mAR
+    finally:
+        llava.qk_hook = None
+    assert mar == pytest.approx({False: plain_mar, True: gradcam_mar})
