@@ -193,7 +193,7 @@ class PartsVlm:
         h, w = image.shape[:2]
         visible = np.all(image == self.scene.image, axis=-1)
         maps = []
-        for name, parts in self.parts.items():
+        for parts in self.parts.values():
             cells = sum(weight * cv2.resize((self.scene.objects[i].mask & visible)
                                             .astype(np.float32), (GRID, GRID),
                                             interpolation=cv2.INTER_AREA)

@@ -47,7 +47,8 @@ def pixel_cells(image_hw: tuple[int, int], grid_shape: tuple[int, int],
     x0, y0, x1, y1 = box_xyxy if box_xyxy is not None else (0.0, 0.0, float(w), float(h))
     cols = np.floor((np.arange(w) + 0.5 - x0) / (x1 - x0) * gc).astype(np.int64)
     rows = np.floor((np.arange(h) + 0.5 - y0) / (y1 - y0) * gr).astype(np.int64)
-    valid = (rows[:, None] >= 0) & (rows[:, None] < gr) & (cols[None, :] >= 0) & (cols[None, :] < gc)
+    valid = ((rows[:, None] >= 0) & (rows[:, None] < gr)
+             & (cols[None, :] >= 0) & (cols[None, :] < gc))
     return np.where(valid, rows[:, None] * gc + cols[None, :], -1)
 
 
