@@ -133,13 +133,18 @@ def _vlm_cfg(**values):
                       **values})
 
 
-def test_teacher_forced_rerun_reproduces_describe(llava):
+@pytest.mark.parametrize("gradcam", [False, True])
+def test_teacher_forced_rerun_reproduces_describe(llava, gradcam):
+    """The re-run feeds the generated ids back: same positions, same maps (with GradCAM
+    too, whose own teacher-forced pass then also runs inside the re-run)."""
     image = np.random.default_rng(6).integers(0, 256, (60, 90, 3), dtype=np.uint8)
-    cfg = _vlm_cfg()
+    cfg = _vlm_cfg(**{"attention.gradcam": gradcam})
     answer = llava.describe([image], [QUESTION], cfg.vlm, cfg.attention)[0]
     assert answer.objects and answer.token_ids
     again = llava.attend([image], [QUESTION], [answer], cfg.vlm, cfg.attention)[0]
     np.testing.assert_allclose(again, answer.attention_maps, atol=1e-5)
+    with pytest.raises(ValueError, match="size of the image the answer was generated on"):
+        llava.attend([image[:40]], [QUESTION], [answer], cfg.vlm, cfg.attention)
 
 
 def test_dropped_cell_is_black_in_that_patch_of_the_processed_image(llava):

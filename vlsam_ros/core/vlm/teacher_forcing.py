@@ -299,7 +299,11 @@ def attend(vlm: HuggingFaceVlm, images: Sequence[np.ndarray], questions: Sequenc
     ``images[b]`` must have the size of the image the answer was generated on (its image
     tokens then sit at the same positions); ``answers[b].token_ids`` must be set.
     """
-    for b, a in enumerate(answers):
+    for b, (image, a) in enumerate(zip(images, answers)):
+        if tuple(a.attention_maps.shape[1:]) != tuple(image.shape[:2]) and a.objects:
+            raise ValueError(f"image {b} is {image.shape[1]}x{image.shape[0]} px; teacher "
+                             "forcing needs the size of the image the answer was generated on "
+                             f"({a.attention_maps.shape[2]}x{a.attention_maps.shape[1]})")
         if a.objects and not a.token_ids:
             raise ValueError(f"answer {b} has objects but no token_ids; teacher forcing needs "
                              "the generated ids (HuggingFaceVlm.describe sets them)")
