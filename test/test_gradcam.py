@@ -21,7 +21,7 @@ from vlsam_ros.core.config import from_flat
 from vlsam_ros.core.gradcam import gradcam_layer_rows, gradcam_top_rows
 from vlsam_ros.core.results import ObjectName
 from vlsam_ros.core.vlm import BACKENDS, hf_backend, teacher_forcing
-from vlsam_ros.core.vlm.tiny import build_tiny_vlm
+from vlsam_ros.testing.tiny_vlm import build_tiny_vlm
 
 QUESTION = "Describe this driving scene."
 

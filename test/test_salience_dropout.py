@@ -122,7 +122,7 @@ QUESTION = "Describe this driving scene."
 @pytest.fixture(scope="module")
 def llava(one_torch_thread):
     from vlsam_ros.core.vlm import BACKENDS
-    from vlsam_ros.core.vlm.tiny import build_tiny_vlm
+    from vlsam_ros.testing.tiny_vlm import build_tiny_vlm
 
     model, processor = build_tiny_vlm("llava", seed=0)
     return BACKENDS["llava"](model, processor)
