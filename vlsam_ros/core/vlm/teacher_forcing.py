@@ -246,10 +246,11 @@ def forced_rows(vlm: HuggingFaceVlm, images: Sequence[np.ndarray], questions: Se
                     first = used[0]
                     result = vlm.model(**inputs, use_cache=False, logits_to_keep=n - first)
                     if gradcam:
-                        logp = torch.log_softmax(result.logits[0].float(), dim=-1)  # (n-first, V)
-                        at = torch.tensor(used, device=logp.device)
+                        logits = result.logits[0]                        # (n - first, V)
+                        at = torch.tensor(used, device=logits.device)
+                        logp = torch.log_softmax(logits[at - first].float(), dim=-1)  # (R, V)
                         targets = ids[at + 1].to(logp.device)
-                        scores.append(logp[at - first, targets].sum())
+                        scores.append(logp[torch.arange(len(used)), targets].sum())
             if rec is not None:
                 row.capture = rec.split_rows([0])[0]
                 row.recorder = rec
