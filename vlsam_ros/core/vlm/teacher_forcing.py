@@ -16,10 +16,14 @@ GradCAM leaves: in the LAST decoder layer only, the probabilities of the object 
 computed eagerly, detached and made leaves that require grad, and those rows' attention
 outputs are recomputed from them (``o[r] = S[r] @ v``); every other row and layer runs as
 usual. The model's parameters are frozen for the pass, so autograd records nothing below
-the leaves: the backward runs through the last layer's output projection, MLP, final norm
-and LM head for the object rows only. Memory: the graph of those rows plus H x R x N leaf
-probabilities and their gradients. All rows of a call are summed into one score and
-differentiated with ONE ``torch.autograd.grad`` call (exact per object, see
+the leaves: the graph holds the last layer's output projection and MLP (over all N
+positions, as the layer computes them as one tensor; rows other than the object rows get
+zero gradient), then the final norm and LM head from the first object row on, and the
+log-softmax of the R object rows. Memory per prompt: about N x (2 hidden + 3 intermediate)
+activations of one layer plus R x vocabulary log-probabilities plus H x R x N leaf
+probabilities and their gradients, never more than one layer's worth; measured by
+``bench/gradcam.py`` (``backward_graph_bytes``). All rows of a call are summed into one
+score and differentiated with ONE ``torch.autograd.grad`` call (exact per object, see
 ``core/gradcam.py``).
 """
 
