@@ -172,6 +172,33 @@ def test_dropped_cell_is_black_in_that_patch_of_the_processed_image(llava):
     assert rows.min() >= 14 and rows.max() <= 25 and cols.min() >= 22 and cols.max() <= 33
 
 
+def test_complete_maps_on_the_tiny_vlm_and_through_the_pipeline(llava, monkeypatch):
+    """k = 1, N = 5 on the real backend equals the equation computed step by step, and the
+    pipeline runs that step (one attend batch per iteration) before prompting."""
+    image = np.random.default_rng(8).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    cfg = _vlm_cfg(**{"prompts.dropout_iterations": 1, "prompts.dropout_patches": 5})
+    answer = llava.describe([image], [QUESTION], cfg.vlm, cfg.attention)[0]
+    cells = pixel_cells(image.shape[:2], answer.grid_shape, answer.grid_box_xyxy)
+    salience = cell_means(answer.attention_maps.sum(axis=0), cells, 36)
+    dropped = select_patches(salience, np.zeros(36, bool), 5)
+    blacked = black_out(image, dropped, cells)
+    rerun = llava.attend([blacked], [QUESTION], [answer], cfg.vlm, cfg.attention)[0]
+    # Random weights barely look at the pixels, but the re-run does see the black-out.
+    assert np.abs(rerun - answer.attention_maps).max() > 1e-3
+    out = complete_maps(llava, [image], [QUESTION], [answer], cfg.vlm, cfg.attention, 1, 5)[0]
+    np.testing.assert_allclose(out.attention_maps,
+                               normalized_sum([answer.attention_maps, rerun]), atol=1e-6)
+    seen = []
+    real_attend = llava.attend
+    monkeypatch.setattr(llava, "attend", lambda images, *a: seen.append(images) or
+                        real_attend(images, *a))
+    pipe_cfg = from_flat({"device": "cpu", "vlm.dtype": "float32", "vlm.max_new_tokens": 8,
+                          "vlm.question": QUESTION, "ensemble.num_questions": 1,
+                          "prompts.dropout_iterations": 1, "prompts.dropout_patches": 5})
+    Pipeline(pipe_cfg, llava, OracleSegmenter()).run(image)
+    assert len(seen) == 1 and np.array_equal(seen[0][0], blacked)
+
+
 # ---------------------------------------------------------------------------------------
 # A planted two-part object, map level and recall with the oracle segmenter
 # ---------------------------------------------------------------------------------------
