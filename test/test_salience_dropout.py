@@ -102,6 +102,21 @@ def test_iterations_by_hand_on_a_stub_vlm():
     assert out[0].text == "thing" and out[0].objects == (ObjectName("thing", (0, 1)),)
 
 
+def test_a_cancelled_frame_stops_before_the_next_iteration():
+    from vlsam_ros.core import cancellation
+
+    token = cancellation.CancellationToken()
+    token.cancel("stop requested")
+    cfg = from_flat({"device": "cpu"})
+    vlm = StubVlm()
+    with cancellation.active(token), \
+            pytest.raises(cancellation.FrameCancelled, match="Salience DropOut iteration 1"):
+        complete_maps(vlm, [np.full((2, 2, 3), 100, np.uint8)], ["q"],
+                      [_answer([[[1.0, 0.5], [1.0, 0.5]]])], cfg.vlm, cfg.attention,
+                      iterations=2, patches=1)
+    assert vlm.calls == []
+
+
 def test_off_and_missing_attend():
     answer = _answer([[[1.0, 0.5]]])
     cfg = from_flat({"device": "cpu"})

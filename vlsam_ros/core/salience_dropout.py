@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import AttentionConfig, ConfigError, VlmConfig
 from vlsam_ros.core.results import VlmAnswer
 
@@ -127,7 +128,8 @@ def complete_maps(vlm: Any, images: Sequence[np.ndarray], questions: Sequence[st
         cells = pixel_cells(image.shape[:2], answer.grid_shape, answer.grid_box_xyxy)
         num = answer.grid_shape[0] * answer.grid_shape[1]
         rows.append(_Row(b, cells, num, np.zeros(num, bool), [answer.attention_maps]))
-    for _ in range(iterations):
+    for t in range(iterations):
+        cancellation.check(f"before Salience DropOut iteration {t + 1} of {iterations}")
         active, dropped_images = [], []
         for row in rows:
             salience = cell_means(np.sum(row.maps, axis=(0, 1)), row.cells, row.num_cells)

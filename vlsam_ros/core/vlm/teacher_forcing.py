@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from vlsam_ros.core import attention as attn
+from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import AttentionConfig, VlmConfig
 from vlsam_ros.core.errors import AttentionUnavailableError
 from vlsam_ros.core.gradcam import gradcam_layer_rows, gradcam_top_rows
@@ -230,7 +231,9 @@ def forced_rows(vlm: HuggingFaceVlm, images: Sequence[np.ndarray], questions: Se
     out: list[ForcedRow] = []
     scores = []
     with _frozen(vlm.model), torch.no_grad():
-        for image, question, ids_b, objs in zip(images, questions, token_ids, objects):
+        for b, (image, question, ids_b, objs) in enumerate(zip(images, questions, token_ids,
+                                                               objects)):
+            cancellation.check(f"before teacher-forced forward {b + 1} of {len(images)}")
             inputs, p, ids = forced_inputs(vlm, image, question, ids_b, vlm_cfg)
             n = p + len(ids_b) - 1
             rows = object_rows_of(p, objs)
