@@ -46,6 +46,15 @@ class VlmAnswer:
     grid_box_xyxy: tuple[float, float, float, float] | None = None
     token_ids: tuple[int, ...] = ()
 
+    def patch_cell_px(self) -> tuple[float, float]:
+        """(width, height) in pixels of one cell of the patch grid (``grid_box_xyxy``)."""
+        rows, cols = self.grid_shape
+        if self.grid_box_xyxy is None:
+            h, w = self.attention_maps.shape[1:]
+            return w / cols, h / rows
+        x0, y0, x1, y1 = self.grid_box_xyxy
+        return (x1 - x0) / cols, (y1 - y0) / rows
+
 
 @dataclasses.dataclass(frozen=True)
 class Detection:
