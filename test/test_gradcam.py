@@ -155,8 +155,10 @@ def test_one_backward_per_describe_and_per_object_exactness(llava, monkeypatch):
         torch.testing.assert_close(joint.grads[:, at], alone.grads, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.slow          # eager reference capture: seconds; the maths of both paths with
-def test_fast_and_reference_gradcam_agree(llava):   # ``top`` is checked by the unit test above
+@pytest.mark.slow
+def test_fast_and_reference_gradcam_agree(llava):
+    """Slow (eager reference capture); the maths of both paths with ``top`` is checked in the
+    default suite by test_unit_gradients_give_back_the_plain_method."""
     image = np.random.default_rng(4).integers(0, 256, (40, 64, 3), dtype=np.uint8)
     fast = llava.describe([image], [QUESTION], _cfg(gradcam=True).vlm,
                           _cfg(gradcam=True).attention)[0]
