@@ -6,6 +6,9 @@ Per frame:
 2. the questions (``questions.QuestionCache``, built once per configuration);
 3. ONE ``vlm.describe`` batch over every (view, question) pair, while a worker thread runs
    the SAM image encoder once per view (``sam.overlap_encoder``);
+   With ``prompts.dropout_iterations`` > 0, Salience DropOut then completes the maps
+   (``salience_dropout.complete_maps``: teacher-forced re-runs on blacked-out patches);
+   with ``attention.gradcam`` the VLM weights its maps by their gradients (``gradcam.py``);
 4. per view, every named object of every question is prompted and refined
    (``refinement.segment_objects``: one decoder call per round for all of them);
 5. tile masks touching a tile edge inside the image are dropped
@@ -42,6 +45,7 @@ from vlsam_ros.core.masks import (box_from_mask, decode_rle, encode_rle, mask_nm
 from vlsam_ros.core.questions import QuestionCache
 from vlsam_ros.core.refinement import Candidate, DecodeStats, ObjectMap, segment_objects
 from vlsam_ros.core.results import Detection, FrameResult, VlmAnswer
+from vlsam_ros.core.salience_dropout import complete_maps
 from vlsam_ros.core.segmenter.base import PromptableSegmenter
 from vlsam_ros.core.tiles import View, make_views
 
@@ -216,6 +220,14 @@ class Pipeline:
             answers = self.vlm.describe(images, asked, cfg.vlm, cfg.attention)
             stages["vlm"] = _ms(t)
         _check_answers(answers, images)
+        if cfg.prompts.dropout_iterations > 0:
+            # Salience DropOut (prompts.dropout_*): black out the most attended patches,
+            # re-run the VLM on the same text and sum the maps, before they become prompts.
+            t = time.perf_counter()
+            answers = complete_maps(self.vlm, images, asked, answers, cfg.vlm, cfg.attention,
+                                    cfg.prompts.dropout_iterations, cfg.prompts.dropout_patches)
+            stages["vlm"] += _ms(t)
+            _check_answers(answers, images)
         nq = len(questions)
         jobs = [_ViewJob(v, crop, tuple(answers[i * nq:(i + 1) * nq]))
                 for i, (v, crop) in enumerate(zip(views, crops))]

@@ -33,7 +33,9 @@ class VlmAnswer:
     ``grid_shape`` is the (rows, cols) patch grid the maps were computed on.
     ``grid_box_xyxy`` (optional) is the pixel box of the image the grid covers (cell (r, c)
     spans ``x0 + c (x1 - x0) / cols`` to ``x0 + (c + 1) (x1 - x0) / cols``, likewise in y);
-    None means the whole image.
+    None means the whole image. ``token_ids`` (optional) are the generated token ids up to and
+    including the first end-of-sequence token, so a teacher-forced re-run (Salience DropOut)
+    can feed exactly the same text again.
     """
 
     question: str
@@ -42,6 +44,7 @@ class VlmAnswer:
     attention_maps: np.ndarray
     grid_shape: tuple[int, int]
     grid_box_xyxy: tuple[float, float, float, float] | None = None
+    token_ids: tuple[int, ...] = ()
 
     def patch_cell_px(self) -> tuple[float, float]:
         """(width, height) in pixels of one cell of the patch grid (``grid_box_xyxy``)."""
