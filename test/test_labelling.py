@@ -396,3 +396,13 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(ToolError, match=r"needs Ray.*pip install ray==2\.60\.0"):
         ray_session.start_ray(RaySettings())
+
+
+def test_local_ray_stays_on_loopback(ray_session):
+    """The local Ray the tool starts announces and binds 127.0.0.1 only (its node address
+    and the GCS address; its listening sockets were checked with `ss -ltn` when this was
+    written)."""
+    import ray
+
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
