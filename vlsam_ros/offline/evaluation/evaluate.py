@@ -61,7 +61,7 @@ def detections_from_bag(bag: str | Path, frame_index: dict[int, int],
     no (or, without ``topic``, more than one) DetectionArray topic, or a stamp is not in
     the index.
     """
-    from vlsam_ros.ros.conversions import msg_to_dicts
+    from vlsam_ros.ros.detections import msg_to_dicts
 
     store = vlsam_typestore()
     dets: list[dict[str, Any]] = []
