@@ -57,7 +57,7 @@ PROFILES = ("default", "edge", "cpu", "paper")   # "default": config/vlsam.yaml 
 
 def profile_config(profile: str, model_dir: Path):
     """The profile's configuration with its models swapped for the tiny ones."""
-    from vlsam_ros.core.config import load_config
+    from vlsam_ros.core.config_files import load_config
     from vlsam_ros.testing.make_tiny_models import tiny_model_overrides
 
     name = None if profile == "default" else profile
@@ -238,7 +238,7 @@ def main() -> None:
 
     from segment import _street_image
 
-    from vlsam_ros.core.config import load_config
+    from vlsam_ros.core.config_files import load_config
     from vlsam_ros.testing.make_tiny_models import make_tiny_models
 
     families = sorted({load_config(None, profile=None if p == "default" else p).vlm.family

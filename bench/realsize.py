@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from vlsam_ros.core.config import load_config
+    from vlsam_ros.core.config_files import load_config
     from vlsam_ros.core.pipeline import Pipeline
     from vlsam_ros.core.segmenter import load_segmenter
     from vlsam_ros.testing.tiny_segmenters import save_tiny_sam

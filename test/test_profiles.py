@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlsam_ros.core.config import (ConfigError, VlsamConfig, available_profiles,
-                                   layered_parameters, load_config, parameters_from_yaml,
-                                   resolve_profile, to_flat)
+from vlsam_ros.core.config import ConfigError, VlsamConfig, to_flat
+from vlsam_ros.core.config_files import (available_profiles, layered_parameters, load_config,
+                                         parameters_from_yaml, resolve_profile)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = REPO_ROOT / "config" / "vlsam.yaml"

@@ -211,7 +211,8 @@ def test_every_option_of_every_tool_has_help(tool):
 
 
 def test_runner_and_replay_print_config_and_list_keys(tmp_path):
-    from vlsam_ros.core.config import load_config, schema
+    from vlsam_ros.core.config import schema
+    from vlsam_ros.core.config_files import load_config
 
     keys = run("vlsam-node-runner", ["--list-keys"], tmp_path)
     assert keys.returncode == 0

@@ -192,7 +192,7 @@ def _demo(args: argparse.Namespace) -> int:
           "shows the plumbing. Put real weights in config/vlsam.yaml for real output.")
     family = "llava"
     if args.profile:
-        from vlsam_ros.core.config import load_config
+        from vlsam_ros.core.config_files import load_config
 
         family = load_config("config/vlsam.yaml", profile=args.profile).vlm.family
     if not (args.models / family / "config.json").is_file():

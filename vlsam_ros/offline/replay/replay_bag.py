@@ -71,7 +71,8 @@ from vlsam_ros.offline.replay.bag_io import (DETECTION_ARRAY_TYPE, BagError, ite
                                              open_reader, open_writer, read_custom_data,
                                              vlsam_typestore)
 from vlsam_ros.ros.camera_topics import CameraTopics, camera_topics
-from vlsam_ros.core.config import ConfigError, VlsamConfig, load_config, parse_set_flags
+from vlsam_ros.core.config import ConfigError, VlsamConfig
+from vlsam_ros.core.config_files import load_config, parse_set_flags
 from vlsam_ros.core.errors import InvalidImageError
 from vlsam_ros.core.results import FrameResult
 from vlsam_ros.tools.cli import (ToolParser, check_input, check_new_output, check_output_parent,
