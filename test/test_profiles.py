@@ -398,7 +398,7 @@ def test_the_paper_profile_runs_end_to_end_with_tiny_models(tiny_model_dir):
     pipe, result, batches = _run_one_frame(cfg)
     assert len(pipe.questions()) == 10
     assert batches == [50]                               # 5 views x 10 questions, one batch
-    stages = pipe.last_stage_ms
+    stages = result.stage_ms
     assert 0 < stages["decoder_calls"] <= 5 * (cfg.prompts.refinement_rounds + 1)
     assert result.description
     for det in result.detections:
@@ -416,5 +416,5 @@ def test_the_cpu_profile_runs_end_to_end_with_tiny_models(tiny_model_dir, tmp_pa
     assert cfg.device == "cpu" and cfg.vlm.family == "idefics3"
     pipe, result, batches = _run_one_frame(cfg)
     assert batches == [1]
-    assert pipe.last_stage_ms["decoder_calls"] >= 1
+    assert result.stage_ms["decoder_calls"] >= 1
     assert result.description
