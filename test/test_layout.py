@@ -46,3 +46,12 @@ def test_the_tree_reader_sees_nesting_and_catches_a_missing_folder():
     assert readme_tree(text) == {"vlsam_ros", "vlsam_ros/core", "vlsam_ros/core/vlm",
                                  "vlsam_ros/ros"}
     assert "vlsam_ros/ros/vlm" not in readme_tree(text)
+
+
+def test_in_tree_paths_computed_from_module_files_point_into_this_checkout():
+    """Modules that find repository files from ``__file__`` must follow their own moves."""
+    from vlsam_ros.core.config_files import profile_dirs
+    from vlsam_ros.offline.replay.bag_io import msg_dir
+
+    assert msg_dir() == ROOT / "msg"
+    assert profile_dirs()[0] == ROOT / "config" / "profiles"
