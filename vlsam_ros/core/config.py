@@ -314,6 +314,20 @@ class PromptConfig(_Section):
                                    range=(0, 10**8), runtime=True)
     connectivity: int = _field(8, "Pixel connectivity (4 or 8) of the connected components "
                                "that pick the positive area.", range=(4, 8), runtime=True)
+    subpixel_peak: str = _field("off", "LENS keypoints: locate each positive point below "
+                                "patch resolution by a fit through the peak and its "
+                                "neighbours one patch away: 'quadratic' (parabola through the "
+                                "values) or 'gaussian' (through their logarithms); 'off': the "
+                                "peak pixel (paper).", choices=("off", "quadratic", "gaussian"),
+                                runtime=True)
+    positive_points: int = _field(1, "LENS keypoints: most positive points per prompt, at "
+                                  "separated local maxima of the map inside the positive "
+                                  "area (1: the paper's single point).", range=(1, 16),
+                                  runtime=True)
+    positive_separation_cells: float = _field(2.0, "Least distance between two positive "
+                                              "points of one prompt, in patch cells "
+                                              "(with positive_points > 1).",
+                                              range=(0.0, 64.0), runtime=True)
 
     def _check(self) -> None:
         if self.connectivity not in (4, 8):

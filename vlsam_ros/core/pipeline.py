@@ -146,7 +146,7 @@ class Pipeline:
             candidates: list[Candidate] = []       # every view's, in full-frame coordinates
             for i, job in enumerate(jobs):
                 cancellation.check(f"before segmenting view {i + 1} of {len(jobs)}")
-                objects = [ObjectMap(o.name, a.attention_maps[k])
+                objects = [ObjectMap(o.name, a.attention_maps[k], a.patch_cell_px())
                            for a in job.answers for k, o in enumerate(a.objects)]
                 if not objects:
                     continue

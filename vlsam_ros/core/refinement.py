@@ -2,7 +2,9 @@
 
 Rounds (``prompts.refinement_rounds`` = R):
 
-* round 0: one positive/negative pair per object map -> SAM's best mask and its logits;
+* round 0: one positive/negative pair per object map -> SAM's best mask and its logits
+  (the LENS keypoint options of ``prompts.KeypointOptions`` refine and multiply the
+  positive points of every round's prompts);
 * round 1 (R >= 1, cascade): the same points again, with round 0's low-res logits as the
   mask prompt; the refined mask replaces round 0's;
 * round r >= 2 (masked attention): the object's map is zeroed inside every mask found for
@@ -17,14 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import PromptConfig
 from vlsam_ros.core.masks import Rle, encode_rle
-from vlsam_ros.core.prompts import PointPrompt, sample_point_pair, stack_prompts
+from vlsam_ros.core.prompts import KeypointOptions, PointPrompt, sample_point_pair, stack_prompts
 from vlsam_ros.core.segmenter.base import PromptableSegmenter, SegmentationBatch
 
 
@@ -52,10 +55,13 @@ def detection_score(iou_prediction: float, attention: np.ndarray, mask: np.ndarr
 
 @dataclasses.dataclass(frozen=True)
 class ObjectMap:
-    """One named object of a VLM answer: its label and float32 (H, W) map in [0, 1]."""
+    """One named object of a VLM answer: its label and float32 (H, W) map in [0, 1];
+    ``cell_px`` = (width, height) of one patch cell of the map in pixels (needed by the
+    keypoint options, ``prompts.KeypointOptions``)."""
 
     label: str
     attention: np.ndarray
+    cell_px: tuple[float, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,14 +127,22 @@ def _decode(segmenter: PromptableSegmenter, embedding: Any, prompts: Sequence[Po
                              batch.low_res_logits[inverse])
 
 
-def _sample(remaining: list[np.ndarray], indices: Sequence[int], cfg: PromptConfig
-            ) -> tuple[list[int], list[PointPrompt]]:
+def keypoint_options(cfg: PromptConfig) -> KeypointOptions:
+    """The LENS keypoint options (``prompts.subpixel_peak``, ``prompts.positive_points``,
+    ``prompts.positive_separation_cells``) of a prompt configuration."""
+    return KeypointOptions(cfg.subpixel_peak, cfg.positive_points,
+                           cfg.positive_separation_cells)
+
+
+def _sample(remaining: list[np.ndarray], objects: Sequence[ObjectMap], indices: Sequence[int],
+            cfg: PromptConfig) -> tuple[list[int], list[PointPrompt]]:
     """New point pairs for the objects ``indices``; drops those with nothing left."""
     kept: list[int] = []
     prompts: list[PointPrompt] = []
+    keypoints = keypoint_options(cfg)
     for i in indices:
         prompt = sample_point_pair(remaining[i], cfg.threshold, cfg.connectivity,
-                                   cfg.negative_point)
+                                   cfg.negative_point, keypoints, objects[i].cell_px)
         if prompt is not None:
             kept.append(i)
             prompts.append(prompt)
@@ -159,7 +173,7 @@ def segment_objects(segmenter: PromptableSegmenter, embedding: Any,
             candidates.append(Candidate(objects[i].label, score, encode_rle(mask), area,
                                         prompts[k].points, prompts[k].labels, rnd))
 
-    alive, prompts = _sample(remaining, range(len(objects)), cfg)
+    alive, prompts = _sample(remaining, objects, range(len(objects)), cfg)
     if not prompts:
         return candidates
     batch = _decode(segmenter, embedding, prompts, None, stats)              # round 0
@@ -169,7 +183,7 @@ def segment_objects(segmenter: PromptableSegmenter, embedding: Any,
         rnd = 1
     collect(batch, alive, prompts, rnd)
     for rnd in range(2, cfg.refinement_rounds + 1):                          # masked attention
-        alive, prompts = _sample(remaining, alive, cfg)
+        alive, prompts = _sample(remaining, objects, alive, cfg)
         if not prompts:
             break
         collect(_decode(segmenter, embedding, prompts, None, stats), alive, prompts, rnd)

@@ -170,7 +170,8 @@ class HuggingFaceVlm:
                 maps = np.zeros((0, hw[0], hw[1]), dtype=np.float32)
             rec.release(rows[b])
             answers.append(VlmAnswer(question=question, text=sample.text, objects=sample.objects,
-                                     attention_maps=maps, grid_shape=layout.grid_shape))
+                                     attention_maps=maps, grid_shape=layout.grid_shape,
+                                     grid_box_xyxy=layout.box_xyxy))
         self.last_capture_peak_bytes = rec.peak_bytes
         return answers
 
