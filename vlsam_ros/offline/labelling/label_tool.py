@@ -38,7 +38,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from vlsam_ros.core.config import load_config, parse_set_flags
+from vlsam_ros.core.config_files import load_config, parse_set_flags
 from vlsam_ros.offline.labelling.actor_pool import PoolError, PoolSettings
 from vlsam_ros.offline.labelling.dataset_source import is_dataset
 from vlsam_ros.offline.labelling.label_bags import LabelJob, check_config, label_bags

@@ -6,7 +6,7 @@ A :class:`FrameOutput` holds, for one :class:`~.source_frames.SourceFrame`, the 
 messages to write (output topic, CDR bytes; all logged at the source frame's log time), or
 the skip record of a frame the decoder or the pipeline's input check rejected. Messages are
 serialised with rosbags' message classes through the live node's conversion
-(``vlsam_ros.ros.conversions.frame_result_to_msg``): no rclpy, no colcon build; rosbags zeroes CDR
+(``vlsam_ros.ros.detections.frame_result_to_msg``): no rclpy, no colcon build; rosbags zeroes CDR
 alignment padding, which keeps the output reproducible.
 """
 
@@ -29,7 +29,7 @@ from vlsam_ros.offline.replay.replay_options import (
     ReplayOptions,
 )
 from vlsam_ros.offline.replay.source_frames import SourceFrame
-from vlsam_ros.ros import conversions
+from vlsam_ros.ros import detections, images
 from vlsam_ros.ros.camera_topics import CameraTopics, camera_topics
 
 
@@ -77,7 +77,7 @@ class FrameLabeller:
         self.cfg = cfg
         self.options = options
         self.store = vlsam_typestore()
-        self._types = conversions.MessageTypes.from_typestore(self.store)
+        self._types = detections.MessageTypes.from_typestore(self.store)
         self._cameras: dict[str, CameraTopics] = {}
         self.tracking = None
         if cfg.tracking.mode != "off":  # every frame followed, discovery every K-th frame
@@ -99,7 +99,7 @@ class FrameLabeller:
         where = f"{frame.topic} frame {frame.topic_frame} (stamp {stamp.sec}.{stamp.nanosec:09d})"
         pipeline_s = 0.0
         try:
-            rgb = conversions.decode_image_msg(msg, self.cfg.node)
+            rgb = images.decode_image_msg(msg, self.cfg.node)
             t0 = time.perf_counter()
             try:
                 if self.tracking is None:
@@ -129,14 +129,14 @@ class FrameLabeller:
             latency = 0.0
         else:  # a replayed stamp is unrelated to the wall clock: report processing time
             latency = result.total_ms
-        msg = conversions.frame_result_to_msg(result, header, latency, types=self._types)
+        msg = detections.frame_result_to_msg(result, header, latency, types=self._types)
         return bytes(self.store.serialize_cdr(msg, DETECTION_ARRAY_TYPE))
 
     def overlay(self, rgb: np.ndarray, result: FrameResult, header: Any) -> bytes:
         """Overlay Image CDR (rgb8, unpadded), drawn by the node's ``draw_overlay``."""
         from vlsam_ros.ros.visualization import draw_overlay
 
-        ordered = conversions.ranked_detections(result.detections)  # colours as published
+        ordered = detections.ranked_detections(result.detections)  # colours as published
         pixels = draw_overlay(rgb, ordered, self.cfg.node)
         msg = self.store.types[IMAGE_TYPE](
             header=header, height=pixels.shape[0], width=pixels.shape[1], encoding="rgb8",

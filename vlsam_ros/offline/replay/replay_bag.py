@@ -1,10 +1,10 @@
 """Offline replay: runs the pipeline on every frame of a rosbag2 and writes a bag of results.
 
 Reads a rosbag2 (mcap or sqlite3) with ``rosbags``, decodes every message of the chosen
-camera topics with the node's decoder (``vlsam_ros.ros.conversions.decode_image_msg``), runs
+camera topics with the node's decoder (``vlsam_ros.ros.images.decode_image_msg``), runs
 the pipeline on each one (no frame is skipped for speed; frames are processed in log-time
-order), and writes the results with the node's own conversion
-(``vlsam_ros.ros.conversions``) to an output bag:
+order), and writes the results with the node's own conversion (``vlsam_ros.ros.detections``)
+to an output bag:
 
 * ``<camera ns>/<node>/detections`` (``vlsam_ros/msg/DetectionArray``), one per input frame,
   e.g. ``/cam_front/vlsam/detections`` for ``/cam_front/image_raw`` (the live node's names,
@@ -64,7 +64,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsam_ros.core.config import VlsamConfig, load_config, parse_set_flags
+from vlsam_ros.core.config import VlsamConfig
+from vlsam_ros.core.config_files import load_config, parse_set_flags
 from vlsam_ros.offline.replay.bag_io import BagError
 from vlsam_ros.offline.replay.frame_outputs import FrameLabeller, FramePipeline
 from vlsam_ros.offline.replay.output_bag import OutputBag
