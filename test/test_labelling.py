@@ -87,9 +87,9 @@ def test_three_bags_two_actors_equal_replay(bags, tmp_path, ray_session):
 
 
 def test_actor_killed_mid_bag_is_retried(bags, tmp_path, ray_session):
-    """The first actor to reach its 2nd frame dies (os._exit, like a killed process): a
-    frame in the middle of the first bag (frames go 3 per call: frames 1-3 to one actor,
-    4-6 to the other); its calls go to another actor, the outputs are still the replay's."""
+    """The first actor to reach its 2nd frame dies (os._exit, like a killed process): frame
+    2 or 5 of the first bag (frames go 3 per call: frames 1-3 to one actor, 4-6 to the
+    other); its calls go to another actor, the outputs are still the replay's."""
     marker = tmp_path / "crashed"
     summary = lb.label_bags(jobs(bags), tmp_path / "out", StandInFactory(
         crash_on_call=2, crash_marker=str(marker)), CFG, QUIET,
@@ -99,7 +99,8 @@ def test_actor_killed_mid_bag_is_retried(bags, tmp_path, ray_session):
     died = [a for a in summary.actors if a["died"]]
     assert len(died) == 1 and "ActorDiedError" in died[0]["died"]
     retried = {(Path(r["bag"]).name, r["frame"]) for r in summary.retries}
-    assert ("front_sqlite", "/cam_front/image_raw frame 2") in retried  # where it died
+    died_on = {("front_sqlite", f"/cam_front/image_raw frame {n}") for n in (2, 5)}
+    assert retried & died_on  # each actor's 2nd frame: whichever actor got there first
     assert all(r["actor"] == died[0]["actor"] for r in summary.retries)
     assert len(summary.actors) == 3  # the dead one was replaced
     assert "retried /cam_front/image_raw frame" in "\n".join(summary.lines())
