@@ -25,6 +25,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from vlsam_ros.core.vlm.prefix_attention import SharedPrefixKV, shared_prefix_attention
+
 CAPTURE_IMPLEMENTATION = "vlsam_capture"
 REFERENCE_IMPLEMENTATION = "vlsam_reference"
 
@@ -142,6 +144,10 @@ class AttentionRecorder:
     scaling: dict[int, float] = field(default_factory=dict)
     held_bytes: int = 0
     peak_bytes: int = 0
+    # Set while a prefix-sharing ``generate`` runs: the image prefixes' keys and values (one
+    # copy per image); the attention then runs over prefix + own keys (prefix_attention.py)
+    # and the recorded keys are the rows' own positions only.
+    shared_prefix: SharedPrefixKV | None = None
 
     def num_layers(self) -> int:
         return len(self.scaling)
@@ -192,7 +198,8 @@ class AttentionRecorder:
         return PrefixCapture(queries, keys, probs)
 
     def split_rows(self, first_own: Sequence[int], origin: int = 0,
-                   prefixes: Sequence[PrefixCapture | None] | None = None) -> list[RowCapture]:
+                   prefixes: Sequence[PrefixCapture | None] | None = None,
+                   key_origin: int = 0) -> list[RowCapture]:
         """Cuts the batched capture into one ``RowCapture`` per batch row and drops the
         batched tensors, layer by layer, so the whole capture is copied once in total (never
         once per row) and the peak stays at about one batch plus one layer. The recorder is
@@ -205,7 +212,9 @@ class AttentionRecorder:
         position of the row is valid (left padding, or padding between a shared prefix and
         the row's suffix). ``prefixes[b]``: row b's shared prefix, occupying the layout
         positions ``[origin - len(prefix), origin)``, or None (then positions before
-        ``first_own[b]`` are padding). Rows keep only their own positions.
+        ``first_own[b]`` are padding). ``key_origin``: the layout position of the recorded
+        keys' first column (0; ``origin`` when the calls held the shared prefix apart, as
+        ``shared_prefix`` does). Rows keep only their own positions.
         """
         batch = len(first_own)
         prefixes = list(prefixes) if prefixes is not None else [None] * batch
@@ -235,7 +244,7 @@ class AttentionRecorder:
                     row.queries.append(q)
                     self._account(_nbytes(q))
                 if key is not None:
-                    k = key[b, :, start:].clone()                    # (KV, T_own, d)
+                    k = key[b, :, start - key_origin:].clone()       # (KV, T_own, d)
                     row.keys.append(k)
                     self._account(_nbytes(k))
                 if prob_chunks:
@@ -309,6 +318,10 @@ def capture_attention_forward(module, query, key, value, attention_mask, scaling
         rec.record_query(layer, query.detach())
         rec.record_key(layer, key.detach())
         rec.scaling[layer] = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
+        if rec.shared_prefix is not None:
+            out, _ = shared_prefix_attention(query, key, value, attention_mask,
+                                             rec.scaling[layer], rec.shared_prefix, layer)
+            return out, None
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                   dropout=dropout, **kwargs)
 
@@ -319,6 +332,13 @@ def reference_attention_forward(module, query, key, value, attention_mask, scali
     (``vlsam_reference``). ``attention_mask`` is the additive float mask of eager mode."""
     rec, query, key = _prepare(module, query, key)
     scale = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if rec is not None and rec.shared_prefix is not None:
+        out, probs = shared_prefix_attention(query, key, value, attention_mask, scale,
+                                             rec.shared_prefix, module.layer_idx,
+                                             want_probs=True)
+        rec.record_probs(module.layer_idx, probs)
+        rec.scaling[module.layer_idx] = scale
+        return out, None
     groups = query.shape[1] // key.shape[1]
     k = _repeat_kv(key, groups)
     v = _repeat_kv(value, groups)
