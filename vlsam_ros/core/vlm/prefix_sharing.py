@@ -21,18 +21,20 @@ With sharing (``vlm.share_image_prefix``), a batch runs as:
    is prefilled ONCE with batch 1 under the attention capture: the vision tower encodes the
    image once and the decoder runs the prefix once (``AttentionRecorder.take_prefix`` keeps
    its queries / keys / probabilities once for all rows of the group);
-3. the groups' prefix KV caches are laid into one batched cache (each row its group's,
-   shorter prefixes left-padded) and ONE ``generate`` call runs the rest of every prompt
-   (question + assistant prompt, right-aligned), so row b's layout is
+3. ONE ``generate`` call runs the rest of every prompt (question + assistant prompt,
+   right-aligned) with a cache that holds only each row's own tokens; every decoder layer
+   attends to its group's prefix keys/values, held ONCE per image for the whole call, plus
+   the row's own keys (``prefix_attention.shared_prefix_attention``). Logically row b's
+   layout is
 
        [pad | prefix of its image | pad | its suffix | generated tokens]
 
-   with attention_mask 0 on both pads. Position ids come from the model's own
-   ``_prepare_position_ids_for_generation`` (what ``generate`` calls) over this whole
-   layout: the cumulative sum of the mask for the Llama-style decoders, Qwen2-VL's 3-D
-   M-RoPE from ``get_rope_index`` with the image grid (it skips masked tokens). So every
-   token has the position, the attention and the cached keys it has in the unshared
-   left-padded batch.
+   with attention_mask 0 on both pads; ``generate`` sees the columns from W on. Position
+   ids are computed over this whole layout (``position_ids``) exactly as ``generate``
+   computes them for the unshared left-padded batch: the running count of unmasked tokens
+   for the Llama-style decoders, Qwen2-VL's 3-D M-RoPE from its public ``get_rope_index``
+   with the image grid (it skips masked tokens). So every token has the position, the
+   attention and the keys it has in the unshared left-padded batch.
 
 What holds: the same tokens at the same positions attending to the same keys, so greedy
 text is identical and the maps agree to float rounding (batch-1 prefill vs a padded batch
@@ -42,8 +44,8 @@ no random numbers and the one ``generate`` call has the same batch size and seed
 consumes the random stream exactly as the unshared call does; a sampled token can differ
 only where float rounding of the logits moves a probability across the drawn value.
 
-Memory: the KV cache still holds each row's copy of its prefix during ``generate`` (as the
-unshared path does); the attention capture holds each prefix once (never per row).
+Memory: the image prefix's keys and values are held once per image (not per row) during
+``generate``, and the attention capture holds each prefix's queries/keys once.
 """
 
 from __future__ import annotations
