@@ -148,6 +148,9 @@ class AttentionRecorder:
     # copy per image); the attention then runs over prefix + own keys (prefix_attention.py)
     # and the recorded keys are the rows' own positions only.
     shared_prefix: SharedPrefixKV | None = None
+    # Layout position of the recorded keys' first column: 0, or (prefix sharing) the
+    # shared layout's prefix width W, the prefix's keys being held apart.
+    key_origin: int = 0
 
     def num_layers(self) -> int:
         return len(self.scaling)
@@ -198,8 +201,8 @@ class AttentionRecorder:
         return PrefixCapture(queries, keys, probs)
 
     def split_rows(self, first_own: Sequence[int], origin: int = 0,
-                   prefixes: Sequence[PrefixCapture | None] | None = None,
-                   key_origin: int = 0) -> list[RowCapture]:
+                   prefixes: Sequence[PrefixCapture | None] | None = None
+                   ) -> list[RowCapture]:
         """Cuts the batched capture into one ``RowCapture`` per batch row and drops the
         batched tensors, layer by layer, so the whole capture is copied once in total (never
         once per row) and the peak stays at about one batch plus one layer. The recorder is
@@ -212,9 +215,8 @@ class AttentionRecorder:
         position of the row is valid (left padding, or padding between a shared prefix and
         the row's suffix). ``prefixes[b]``: row b's shared prefix, occupying the layout
         positions ``[origin - len(prefix), origin)``, or None (then positions before
-        ``first_own[b]`` are padding). ``key_origin``: the layout position of the recorded
-        keys' first column (0; ``origin`` when the calls held the shared prefix apart, as
-        ``shared_prefix`` does). Rows keep only their own positions.
+        ``first_own[b]`` are padding). The recorded keys start at layout position
+        ``self.key_origin``. Rows keep only their own positions.
         """
         batch = len(first_own)
         prefixes = list(prefixes) if prefixes is not None else [None] * batch
@@ -244,7 +246,7 @@ class AttentionRecorder:
                     row.queries.append(q)
                     self._account(_nbytes(q))
                 if key is not None:
-                    k = key[b, :, start - key_origin:].clone()       # (KV, T_own, d)
+                    k = key[b, :, start - self.key_origin:].clone()  # (KV, T_own, d)
                     row.keys.append(k)
                     self._account(_nbytes(k))
                 if prob_chunks:

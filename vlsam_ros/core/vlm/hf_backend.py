@@ -216,8 +216,7 @@ class HuggingFaceVlm:
         else:
             rows = rec.split_rows([plan.first_own(b) for b in range(len(samples))],
                                   origin=plan.prefix_width,
-                                  prefixes=[prefixes[g] for g in plan.group_of],
-                                  key_origin=plan.prefix_width)
+                                  prefixes=[prefixes[g] for g in plan.group_of])
         return samples, rows, rec
 
     def generate_text(self, prompt: str, vlm_cfg: VlmConfig) -> str:

@@ -265,7 +265,7 @@ def generate_shared(vlm: "HuggingFaceVlm", plan: SharingPlan, inputs: dict, vlm_
     the attention through ``rec.shared_prefix`` (one copy per image, prefix_attention.py)
     for the duration of the call. Returns the generated tokens (B, new) and each group's
     PrefixCapture. ``rec`` then holds the generate call's capture, whose queries AND keys
-    start at layout position W (``split_rows(origin=W, key_origin=W)``).
+    start at layout position W (``split_rows(origin=W)``; ``rec.key_origin`` = W).
     """
     layout = shared_layout(plan, inputs, vlm.tokenizer.pad_token_id)
     w = plan.prefix_width
@@ -273,6 +273,7 @@ def generate_shared(vlm: "HuggingFaceVlm", plan: SharingPlan, inputs: dict, vlm_
         positions = position_ids(vlm.model, layout, inputs)
     caches, prefixes = prefill_prefixes(vlm, plan, inputs, layout, positions, rec)
     rec.shared_prefix = shared_prefix_kv(plan, caches)
+    rec.key_origin = w                   # generate's cache (recorded keys) starts at W
     del caches
     gen_inputs = {"input_ids": layout["input_ids"][:, w:],
                   "attention_mask": layout["attention_mask"][:, w:],
