@@ -21,7 +21,7 @@ from vlsam_ros.core.config import from_flat
 from vlsam_ros.core.results import ObjectName
 from vlsam_ros.core.vlm import BACKENDS, capture, hf_backend, prefix_attention, prefix_sharing
 from vlsam_ros.core.vlm.capture import attention_modules
-from vlsam_ros.core.vlm.tiny import FAMILIES, build_tiny_vlm
+from vlsam_ros.testing.tiny_vlm import FAMILIES, build_tiny_vlm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
