@@ -229,6 +229,9 @@ def main(argv=None) -> int:
             part_ms["language_model" + suffix] = round(
                 part_ms.get("generate" + suffix, 0.0)
                 + part_ms.get("prefix_prefill" + suffix, 0.0) - tower_ms, 1)
+        print(f"# {cfg.vlm.share_image_prefix=} questions={cfg.ensemble.num_questions} "
+              f"vlm {pipe.last_stage_ms['vlm']:.0f} ms (cpu {part_ms['describe_cpu']:.0f} ms), "
+              f"{_load()}", file=sys.stderr, flush=True)
         return {"stage_ms": {k: round(v, 1) for k, v in pipe.last_stage_ms.items()},
                 "wall_ms": round(wall, 1), "vision_tower": vt, "vlm_parts_ms": part_ms,
                 "detections": len(result.detections)}
