@@ -303,10 +303,20 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def _prepare(module, query, key):
+    """The recorder of ``module`` and the query / key after its ``qk_hook``, plus (prefix
+    sharing with a hook) the hooked prefix keys per group, else None. The hook always sees
+    every position's key: with a shared prefix, the keys in the shared layout."""
     rec: AttentionRecorder | None = getattr(module, _RECORDER_ATTR, None)
+    prefix_keys = None
     if rec is not None and rec.qk_hook is not None:
-        query, key = rec.qk_hook(module.layer_idx, query, key)
-    return rec, query, key
+        shared = rec.shared_prefix
+        if shared is None:
+            query, key = rec.qk_hook(module.layer_idx, query, key)
+        else:
+            query, joined = rec.qk_hook(module.layer_idx, query,
+                                        shared.joined_keys(module.layer_idx, key))
+            key, prefix_keys = shared.split_keys(joined)
+    return rec, query, key, prefix_keys
 
 
 def capture_attention_forward(module, query, key, value, attention_mask, scaling=None,
@@ -314,7 +324,7 @@ def capture_attention_forward(module, query, key, value, attention_mask, scaling
     """SDPA attention that records queries and keys (``vlsam_capture``)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    rec, query, key = _prepare(module, query, key)
+    rec, query, key, prefix_keys = _prepare(module, query, key)
     if rec is not None:
         layer = module.layer_idx
         rec.record_query(layer, query.detach())
@@ -322,7 +332,8 @@ def capture_attention_forward(module, query, key, value, attention_mask, scaling
         rec.scaling[layer] = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
         if rec.shared_prefix is not None:
             out, _ = shared_prefix_attention(query, key, value, attention_mask,
-                                             rec.scaling[layer], rec.shared_prefix, layer)
+                                             rec.scaling[layer], rec.shared_prefix, layer,
+                                             prefix_keys=prefix_keys)
             return out, None
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                   dropout=dropout, **kwargs)
@@ -332,12 +343,12 @@ def reference_attention_forward(module, query, key, value, attention_mask, scali
                                 dropout=0.0, **kwargs):
     """Eager attention ``softmax(q k^T * scale + mask) v`` recording the probabilities
     (``vlsam_reference``). ``attention_mask`` is the additive float mask of eager mode."""
-    rec, query, key = _prepare(module, query, key)
+    rec, query, key, prefix_keys = _prepare(module, query, key)
     scale = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
     if rec is not None and rec.shared_prefix is not None:
         out, probs = shared_prefix_attention(query, key, value, attention_mask, scale,
                                              rec.shared_prefix, module.layer_idx,
-                                             want_probs=True)
+                                             want_probs=True, prefix_keys=prefix_keys)
         rec.record_probs(module.layer_idx, probs)
         rec.scaling[module.layer_idx] = scale
         return out, None

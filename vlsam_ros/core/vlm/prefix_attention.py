@@ -40,6 +40,25 @@ class SharedPrefixKV:
     rows: list[torch.Tensor]
     width: int
 
+    def joined_keys(self, layer: int, own: torch.Tensor) -> torch.Tensor:
+        """(B, KV, W + k, d): each row's prefix keys at [W - L_g, W) (zeros before) and its
+        own keys ``own`` (B, KV, k, d) from W: the keys in the shared layout, a per-row copy
+        made only for a ``qk_hook`` (tests), which expects every position's key."""
+        b, kv, k, d = own.shape
+        out = own.new_zeros((b, kv, self.width + k, d))
+        out[:, :, self.width:] = own
+        for g, rows in enumerate(self.rows):
+            pk = self.keys[layer][g]
+            out[rows.to(own.device), :, self.width - pk.shape[1]:self.width] = pk
+        return out
+
+    def split_keys(self, joined: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Inverse of ``joined_keys``: (own keys (B, KV, k, d), per group the prefix keys
+        (KV, L_g, d) of the group's first row)."""
+        prefix = [joined[int(rows[0]), :, self.width - self.keys[0][g].shape[1]:self.width]
+                  for g, rows in enumerate(self.rows)]
+        return joined[:, :, self.width:], prefix
+
     def nbytes(self) -> int:
         return sum(t.untyped_storage().nbytes() for per_layer in (*self.keys, *self.values)
                    for t in per_layer)
@@ -65,14 +84,16 @@ def _own_mask(attention_mask: torch.Tensor | None, q: int, k: int, batch: int,
 
 def shared_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                             attention_mask: torch.Tensor | None, scaling: float,
-                            prefix: SharedPrefixKV, layer: int, want_probs: bool = False
+                            prefix: SharedPrefixKV, layer: int, want_probs: bool = False,
+                            prefix_keys: list[torch.Tensor] | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``softmax([q K_prefix^T | q K_own^T] * scaling + mask) [V_prefix ; V_own]``.
 
     query: (B, H, q, d); key / value: (B, KV, k, d), the rows' own positions (the
     generation cache); attention_mask: the own keys' mask as transformers builds it for the
     layer ((B, 1, q, >=k) bool or additive float), or None (causal, no padding).
-    Returns the attention output (B, q, H, d) (the layout attention functions return) and,
+    ``prefix_keys``: per group (KV, L_g, d) keys to use instead of ``prefix.keys[layer]``
+    (a ``qk_hook`` changed them). Returns the attention output (B, q, H, d) (the layout attention functions return) and,
     with ``want_probs``, the float32 probabilities (B, H, q, W + k) in the shared layout
     (prefix of row b's group at [W - L_g, W), own keys from W, zeros elsewhere).
     """
@@ -85,7 +106,8 @@ def shared_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch
                              device=query.device) if want_probs else None)
     for g, rows in enumerate(prefix.rows):
         rows = rows.to(query.device)
-        pk, pv = prefix.keys[layer][g], prefix.values[layer][g]          # (KV, L, d)
+        pk = prefix.keys[layer][g] if prefix_keys is None else prefix_keys[g]  # (KV, L, d)
+        pv = prefix.values[layer][g]
         n, length = int(rows.numel()), int(pk.shape[1])
         qg = query.index_select(0, rows).float()                          # (n, H, q, d)
         # Prefix part: every row of the group against the one prefix copy, query heads of
