@@ -12,6 +12,10 @@ language model's attention during ``generate``:
     (layers x heads x tokens^2), as ``output_attentions`` would. Slow; used to prove the fast
     path right.
 
+With prefix sharing (``AttentionRecorder.shared_prefix`` set for a ``generate`` call) both
+run the attention over each image's prefix keys, held once, plus the rows' own keys
+(``prefix_attention.py``) and record the own positions only.
+
 The recorder is attached to the language model's attention modules only for the duration
 of ``capturing(...)``; nothing global changes except the one-time registration of the two
 function names with transformers.
