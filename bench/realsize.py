@@ -34,7 +34,7 @@ Runs, in one process, after one warm-up frame:
    The paper profile generates its rephrasings with the VLM; random weights write no
    questions, so the hand-written ``ensemble.questions`` are used (``question_source=config``).
 
-Prints per-stage ms (``Pipeline.last_stage_ms``), the vision tower's time, calls and images per
+Prints per-stage ms (``FrameResult.stage_ms``), the vision tower's time, calls and images per
 frame (forward hooks), the VLM stage's parts (``vlm_parts_ms``: processor, prefix prefill,
 generate, maps, language model = prefill + generate - vision tower), the load average before
 and after, image tokens per view, process peak RSS, the capture peak bytes of 10 prompts / 1
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from vlsam_ros.core.config import load_config
+    from vlsam_ros.core.config_files import load_config
     from vlsam_ros.core.pipeline import Pipeline
     from vlsam_ros.core.segmenter import load_segmenter
     from vlsam_ros.core.vlm import BACKENDS, prefix_sharing
@@ -230,9 +230,9 @@ def main(argv=None) -> int:
                 part_ms.get("generate" + suffix, 0.0)
                 + part_ms.get("prefix_prefill" + suffix, 0.0) - tower_ms, 1)
         print(f"# {cfg.vlm.share_image_prefix=} questions={cfg.ensemble.num_questions} "
-              f"vlm {pipe.last_stage_ms['vlm']:.0f} ms (cpu {part_ms['describe_cpu']:.0f} ms), "
+              f"vlm {result.stage_ms['vlm']:.0f} ms (cpu {part_ms['describe_cpu']:.0f} ms), "
               f"{_load()}", file=sys.stderr, flush=True)
-        return {"stage_ms": {k: round(v, 1) for k, v in pipe.last_stage_ms.items()},
+        return {"stage_ms": {k: round(v, 1) for k, v in result.stage_ms.items()},
                 "wall_ms": round(wall, 1), "vision_tower": vt, "vlm_parts_ms": part_ms,
                 "detections": len(result.detections)}
 
