@@ -174,10 +174,10 @@ def test_generation_cache_holds_no_prefix_copy(vlm, batch, monkeypatch):
     calls = []
     real = capture.shared_prefix_attention
 
-    def spy(query, key, value, mask, scaling, prefix, layer, want_probs=False):
+    def spy(query, key, value, mask, scaling, prefix, layer, **kwargs):
         calls.append((key.shape, [(t.dim(), t.data_ptr()) for t in prefix.keys[layer]],
                       [r.tolist() for r in prefix.rows], prefix.width))
-        return real(query, key, value, mask, scaling, prefix, layer, want_probs)
+        return real(query, key, value, mask, scaling, prefix, layer, **kwargs)
 
     monkeypatch.setattr(capture, "shared_prefix_attention", spy)
     inputs = vlm._inputs([vlm._prompt(q, with_image=True) for q in questions], images)
