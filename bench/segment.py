@@ -100,22 +100,24 @@ def bench_decoder(model_dir: Path, objects: int, repeats: int, device: str,
         """The same embedding without a cached image side."""
         return dataclasses.replace(embedding, decoder_cache={})
 
+    sam_cfg = SamConfig()
+
     def batched():
-        return seg.segment(fresh(), points, labels)
+        return seg.segment(fresh(), points, labels, sam_cfg=sam_cfg)
 
     def loop():
         emb = fresh()
-        return [seg.segment(emb, points[i:i + 1], labels[i:i + 1]) for i in range(objects)]
+        return [seg.segment(emb, points[i:i + 1], labels[i:i + 1], sam_cfg=sam_cfg)
+                for i in range(objects)]
 
     times = {}
     outputs = {}
     for decoder in ("stock", "factored"):
-        seg.configure(SamConfig(decoder=decoder))
+        sam_cfg = SamConfig(decoder=decoder)
         outputs[decoder] = batched()
         loop()                                                        # warm-up
         times[f"{decoder}_batched_ms"] = _median_ms(batched, repeats)
         times[f"{decoder}_loop_ms"] = _median_ms(loop, repeats)
-    seg.configure(SamConfig())
     tail_ms = _median_ms(lambda: _per_prompt_tail(seg.model, objects), repeats)
     encoder_ms = _median_ms(lambda: seg.embed(image), max(1, repeats // 2))
     stock, factored = outputs["stock"], outputs["factored"]

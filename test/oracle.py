@@ -68,18 +68,16 @@ class OracleSegmenter:
     iou_prediction: float = 0.9
     embed_calls: int = 0
     calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    sam_cfg: SamConfig | None = None
-
-    def configure(self, sam_cfg: SamConfig) -> None:
-        self.sam_cfg = sam_cfg
+    sam_cfg: SamConfig | None = None       # the settings of the latest segment call
 
     def embed(self, image: np.ndarray) -> np.ndarray:
         self.embed_calls += 1
         return image.copy()
 
     def segment(self, embedding: np.ndarray, points: np.ndarray, labels: np.ndarray,
-                mask_logits: np.ndarray | None = None,
-                boxes: np.ndarray | None = None) -> SegmentationBatch:
+                mask_logits: np.ndarray | None = None, boxes: np.ndarray | None = None,
+                *, sam_cfg: SamConfig) -> SegmentationBatch:
+        self.sam_cfg = sam_cfg
         self.calls.append({"k": points.shape[0], "mask_logits": mask_logits is not None,
                            "points": points.copy(), "labels": labels.copy()})
         masks = []

@@ -102,8 +102,6 @@ class Pipeline:
         self.segmenter = segmenter
         self._questions = QuestionCache()
         self._run_lock = threading.Lock()
-        self._applied_sam = cfg.sam
-        self.segmenter.configure(cfg.sam)
         self.last_stage_ms: dict[str, float] = {}
         if cfg.ensemble.num_questions > 1:
             self.questions()                 # generated once, here, not on the first frame
@@ -140,9 +138,6 @@ class Pipeline:
         with self._run_lock, cancellation.active(cancel):
             cfg = self._cfg
             check_image(image, min_side=2 if cfg.ensemble.tiles else 1)
-            if cfg.sam != self._applied_sam:
-                self.segmenter.configure(cfg.sam)
-                self._applied_sam = cfg.sam
             stages: dict[str, float] = {"questions": 0.0, "vlm": 0.0, "encoder": 0.0,
                                         "decoder": 0.0, "prompts_merge": 0.0}
             t = time.perf_counter()
@@ -167,7 +162,7 @@ class Pipeline:
                 if not objects:
                     continue
                 found = segment_objects(self.segmenter, embeddings[i], objects, cfg.prompts,
-                                        decode)
+                                        cfg.sam, decode)
                 if cfg.ensemble.drop_cut_tile_masks:
                     found = [c for c in found
                              if not job.view.touches_inner_edge(rle_box(c.rle), (height, width))]

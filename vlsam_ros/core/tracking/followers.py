@@ -23,7 +23,7 @@ from typing import Protocol, Sequence
 import cv2
 import numpy as np
 
-from vlsam_ros.core.config import TrackingConfig
+from vlsam_ros.core.config import SamConfig, TrackingConfig
 from vlsam_ros.core.segmenter.base import LOW_RES_MASK_SIZE, PADDING_LABEL, PromptableSegmenter
 from vlsam_ros.core.tracking.motion import (FlowSettings, estimate_motion, sample_points,
                                             track_points, warp_mask)
@@ -149,13 +149,14 @@ class FlowFollower:
     """Lucas-Kanade prompt propagation + one batched SAM decode (module docstring).
 
     segmenter: a PromptableSegmenter (SAM / MobileSAM adapter, or a test double).
-    mask_threshold: the segmenter's logit threshold (``sam.mask_threshold``), the centre of
-    the stability score.
+    sam_cfg: the segmenter settings sent with each decoder call; its ``mask_threshold`` is
+    also the centre of the stability score. A plain value (``TrackingWorker.update_config``
+    replaces it), never applied to the shared segmenter.
     """
 
-    def __init__(self, segmenter: PromptableSegmenter, mask_threshold: float = 0.0) -> None:
+    def __init__(self, segmenter: PromptableSegmenter, sam_cfg: SamConfig | None = None) -> None:
         self.segmenter = segmenter
-        self.mask_threshold = mask_threshold
+        self.sam_cfg = sam_cfg if sam_cfg is not None else SamConfig()
 
     def forget(self, track_ids: Sequence[int]) -> None:
         """Stateless per track: nothing to drop."""
@@ -204,11 +205,12 @@ class FlowFollower:
             boxes = np.stack([box_of(moved[i][0]) for i in live]) if cfg.flow_box_prompt else None
             extra = {} if boxes is None else {"boxes": boxes}
             embedding = self.segmenter.embed(image)
-            batch = self.segmenter.segment(embedding, points, labels, logits, **extra)
+            batch = self.segmenter.segment(embedding, points, labels, logits,
+                                           sam_cfg=self.sam_cfg, **extra)
             encoder_calls, decoder_calls = 1, 1
             masks[live] = batch.masks
             ious[live] = batch.iou_predictions
-            stability[live] = stability_scores(batch.low_res_logits, self.mask_threshold,
+            stability[live] = stability_scores(batch.low_res_logits, self.sam_cfg.mask_threshold,
                                                cfg.stability_offset)
         return FollowOutput(masks, ious, stability, np.full(len(tracks), np.inf, np.float32),
                             points_out, labels_out, encoder_calls, decoder_calls)
