@@ -51,7 +51,8 @@ if TYPE_CHECKING:  # importing vlsam_ros.core.vlm pulls in transformers
 LOG = logging.getLogger(__name__)
 
 # Sections whose non-runtime fields define loaded models; the core ignores cameras/node.*.
-_MODEL_SECTIONS = ("device", "vlm.", "sam.", "attention.", "prompts.", "ensemble.")
+_MODEL_SECTIONS = ("device", "vlm.", "sam.", "attention.", "prompts.", "ensemble.",
+                   "concept.")
 
 
 def check_image(image: Any, min_side: int = 1) -> None:

@@ -329,12 +329,18 @@ def _encoder_safe_point(module: torch.nn.Module, args: Any) -> None:
     cancellation.check("in the SAM image encoder")
 
 
-def load_segmenter(cfg: VlsamConfig) -> SamSegmenter:
-    """Builds the segmenter named by ``cfg.sam`` on ``cfg.device``.
+def load_segmenter(cfg: VlsamConfig) -> Any:
+    """Builds the segmenter named by ``cfg.sam`` on ``cfg.device``: ``sam.backend`` 'sam'
+    loads ``sam.type`` from ``sam.checkpoint`` (SamSegmenter); 'sam2', 'edgetam' and
+    'sam_hq' load the transformers folder ``sam.model`` (hf_sam.HfSamSegmenter).
 
     Raises ModelNotFoundError when the checkpoint is missing and DeviceUnavailableError
     when the device does not exist.
     """
     device = resolve_device(cfg.device)
+    if cfg.sam.backend != "sam":
+        from vlsam_ros.core.segmenter.hf_sam import load_hf_sam
+
+        return load_hf_sam(cfg.sam, device)
     model = load_sam_model(cfg.sam.type, cfg.sam.checkpoint, device)
     return SamSegmenter(model)
