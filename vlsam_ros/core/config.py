@@ -569,8 +569,12 @@ class ConceptConfig(_Section):
                                         "where the object's map (in [0, 1]) is at least "
                                         "this.", range=(0.0, 1.0), runtime=True)
     min_coverage: float = _field(0.2, "An instance is kept when its mask holds at least "
-                                 "this fraction of the map's positive area.",
-                                 range=(0.0, 1.0), runtime=True)
+                                 "this fraction of the map's positive area (or see "
+                                 "min_inside).", range=(0.0, 1.0), runtime=True)
+    min_inside: float = _field(0.5, "An instance is also kept when at least this fraction "
+                               "of its mask lies in the map's positive area (N instances "
+                               "under one broad map each hold only about 1/N of it).",
+                               range=(0.0, 1.0), runtime=True)
     max_instances: int = _field(8, "Most instances kept per object, best mean attention "
                                 "inside the mask first.", range=(1, 256), runtime=True)
 
