@@ -113,6 +113,9 @@ class Sam3ConceptSegmenter:
             found = self.processor.post_process_instance_segmentation(
                 outputs, threshold=cfg.score_threshold, mask_threshold=cfg.mask_threshold,
                 target_sizes=[embedding.original_size])[0]
+            if len(found["scores"]) == 0:   # the processor leaves an empty set unresized
+                out.append(InstanceProposals.empty(*embedding.original_size))
+                continue
             out.append(InstanceProposals(found["masks"].bool().cpu().numpy(),
                                          found["scores"].float().cpu().numpy()))
         return out
