@@ -10,9 +10,16 @@
    that is nonlinear in each prompt's own data (an upper bound for any exact batching).
 2. Per-stage times of one full-recipe frame (tiles + question ensemble + refinement) with
    the tiny random models (VLM + vit_t) loaded through the production loaders.
+3. ``backends``: per segmenter backend at its published architecture (random weights,
+   1024-pixel input) and the same image: image-encoder time of ``embed`` and decoder time
+   of one batched ``segment`` call for ``--objects`` point prompts (a positive/negative
+   pair each) and of the same call with their logits as mask prompts (the refinement
+   round), side by side: MobileSAM (vit_t), SAM vit_b (segment_anything, factored
+   decoder), SAM 2.1 hiera-tiny, EdgeTAM and SAM-HQ vit_b (transformers).
 
 Usage: ``PYTHONPATH=. python bench/segment.py [--objects 16] [--repeats 5] [--device cpu]
-[--threads N] [--questions 10] [--skip-recipe]``.
+[--threads N] [--questions 10] [--skip-recipe] [--backends vit_t vit_b sam2 edgetam sam_hq]
+[--only-backends]``.
 The last printed line is one JSON object.
 """
 
@@ -137,6 +144,49 @@ def bench_decoder(model_dir: Path, objects: int, repeats: int, device: str,
             "vit_t_encoder_ms": round(encoder_ms, 1)}
 
 
+def _backend_segmenter(name: str, device: str):
+    """The adapter of backend ``name`` over its published architecture, random weights."""
+    from vlsam_ros.core.segmenter.hf_sam import HF_SAM_FAMILIES, HfSamSegmenter
+    from vlsam_ros.core.segmenter.sam_adapter import SamSegmenter, build_sam_model
+    from vlsam_ros.testing.tiny_hf_segmenters import build_published_segmenter, tiny_processor
+
+    torch.manual_seed(0)
+    if name in ("vit_t", "vit_b", "vit_l", "vit_h"):
+        return SamSegmenter(build_sam_model(name).to(device))
+    model = build_published_segmenter(name).to(device)
+    return HfSamSegmenter(model, tiny_processor(name, side=1024), HF_SAM_FAMILIES[name])
+
+
+def bench_backends(names: list[str], objects: int, repeats: int, device: str,
+                   image: np.ndarray) -> dict:
+    from vlsam_ros.core.config import SamConfig
+
+    h, w = image.shape[:2]
+    rng = np.random.default_rng(0)
+    points = np.stack([rng.uniform(0, w, (objects, 2)), rng.uniform(0, h, (objects, 2))],
+                      axis=-1).astype(np.float32)
+    labels = np.tile(np.array([1, 0]), (objects, 1))
+    sam_cfg = SamConfig()
+    out = {}
+    for name in names:
+        seg = _backend_segmenter(name, device)
+        params = sum(p.numel() for p in seg.model.parameters())
+        embedding = seg.embed(image)                                     # warm-up
+        encoder_ms = _median_ms(lambda: seg.embed(image), repeats)
+        first = seg.segment(embedding, points, labels, sam_cfg=sam_cfg)  # warm-up
+        decoder_ms = _median_ms(lambda: seg.segment(embedding, points, labels,
+                                                    sam_cfg=sam_cfg), repeats)
+        refine_ms = _median_ms(lambda: seg.segment(embedding, points, labels,
+                                                   first.low_res_logits, sam_cfg=sam_cfg),
+                               repeats)
+        out[name] = {"params_m": round(params / 1e6, 1), "encoder_ms": round(encoder_ms, 1),
+                     "decoder_ms": round(decoder_ms, 1),
+                     "decoder_mask_prompt_ms": round(refine_ms, 1)}
+        print(f"backend {name}: {out[name]}", flush=True)
+        del seg, embedding
+    return out
+
+
 def bench_full_recipe(model_dir: Path, device: str, image: np.ndarray, questions: int,
                       frames: int) -> dict:
     from vlsam_ros.core.config import from_flat
@@ -171,6 +221,11 @@ def main() -> None:
                         help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--skip-recipe", action="store_true",
                         help="only the decoder measurement")
+    parser.add_argument("--backends", nargs="*",
+                        default=["vit_t", "vit_b", "sam2", "edgetam", "sam_hq"],
+                        help="segmenter backends to time side by side (empty: none)")
+    parser.add_argument("--only-backends", action="store_true",
+                        help="only the per-backend encoder/decoder measurement")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -179,6 +234,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     image = _street_image(args.height, args.width, seed=0)
+    backends = bench_backends(args.backends, args.objects, max(1, args.repeats // 2),
+                              args.device, image) if args.backends else None
+    if args.only_backends:
+        print(json.dumps({"backends": backends, "objects": args.objects,
+                          "image": [args.height, args.width], "device": args.device,
+                          "torch_threads": torch.get_num_threads()}))
+        return
     with tempfile.TemporaryDirectory(prefix="vlsam_bench_") as tmp:
         model_dir = make_tiny_models(Path(tmp), families=("llava",), sam_types=("vit_t",))
         decoder = bench_decoder(model_dir, args.objects, args.repeats, args.device, image)
@@ -190,7 +252,7 @@ def main() -> None:
             for i, frame in enumerate(recipe["frames"]):
                 print(f"full-recipe frame {i}: {frame}", flush=True)
     summary = {"batched_decode_speedup": decoder["batched_decode_speedup"],
-               "decoder": decoder, "full_recipe": recipe,
+               "decoder": decoder, "full_recipe": recipe, "backends": backends,
                "image": [args.height, args.width], "device": args.device,
                "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or
                platform.machine()}

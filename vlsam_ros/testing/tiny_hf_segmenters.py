@@ -4,9 +4,11 @@ the production loaders (``segmenter.hf_sam.load_hf_sam``, ``segmenter.concept.
 load_concept_segmenter``) load them exactly as they load real weights.
 
 The architectures are transformers' own at a 256-pixel input (252 for SAM 3's 14-pixel
-patches) with narrow encoders: the SAM 2 / EdgeTAM Hiera backbone and the SAM 3 ViT of the
-tiny video trackers (``tiny_video_trackers``), a 2-layer ViT for SAM-HQ, one-layer DETR
-stages and a 2-layer CLIP text encoder over a word-level tokenizer for SAM 3. Their masks
+patches) with narrow encoders: the SAM 2 Hiera backbone and the SAM 3 ViT of the tiny video
+trackers (``tiny_video_trackers``), EdgeTAM's own RepViT-M1 backbone (timm, full width), a
+2-layer ViT for SAM-HQ, one-layer DETR stages and a 2-layer CLIP text encoder over a
+word-level tokenizer for SAM 3. ``published_segmenter_config`` gives the published
+architectures (1024-pixel input) for benchmarks. Their masks
 are meaningless; shapes, dtypes, processors and the loading path are the real ones.
 """
 
@@ -37,7 +39,7 @@ def tiny_segmenter_config(backend: str) -> Any:
     if backend == "sam2":
         return Sam2Config(vision_config=_hiera(SIDE), prompt_encoder_config={"image_size": SIDE})
     if backend == "edgetam":
-        return EdgeTamConfig(vision_config=_hiera(SIDE),
+        return EdgeTamConfig(vision_config=_repvit(SIDE),
                              prompt_encoder_config={"image_size": SIDE})
     if backend == "sam_hq":
         grid = SIDE // 16
@@ -66,6 +68,42 @@ def tiny_segmenter_config(backend: str) -> Any:
                      f"{TINY_SEGMENTER_BACKENDS + ('sam3',)}")
 
 
+def _repvit(size: int) -> dict[str, Any]:
+    """EdgeTAM's vision config: timm's RepViT-M1 (random weights, nothing downloaded) with
+    the feature grids of a ``size``-pixel input."""
+    from transformers import TimmWrapperConfig
+
+    backbone = TimmWrapperConfig(architecture="repvit_m1", num_labels=1, model_args={
+        "in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]})
+    return {"model_type": "edgetam_vision_model", "backbone_config": backbone.to_dict(),
+            "backbone_feature_sizes": [[size // 4] * 2, [size // 8] * 2, [size // 16] * 2]}
+
+
+def published_segmenter_config(backend: str) -> Any:
+    """The published architecture of ``backend`` at its 1024-pixel input: SAM 2.1
+    hiera-tiny (transformers' Sam2Config defaults), EdgeTAM (RepViT-M1), SAM-HQ vit_b
+    (SamHQConfig defaults). Random weights; for timing, not for masks."""
+    from transformers import EdgeTamConfig, Sam2Config, SamHQConfig
+
+    if backend == "sam2":
+        return Sam2Config()
+    if backend == "edgetam":
+        return EdgeTamConfig(vision_config=_repvit(1024))
+    if backend == "sam_hq":
+        return SamHQConfig()
+    raise ValueError(f"unknown backend {backend!r}; expected one of {TINY_SEGMENTER_BACKENDS}")
+
+
+def build_published_segmenter(backend: str, seed: int = 0) -> torch.nn.Module:
+    """``published_segmenter_config(backend)`` built with weights drawn from ``seed``."""
+    from transformers import EdgeTamModel, Sam2Model, SamHQModel
+
+    classes = {"sam2": Sam2Model, "edgetam": EdgeTamModel, "sam_hq": SamHQModel}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return classes[backend](published_segmenter_config(backend)).eval()
+
+
 def _sam3_tokenizer() -> Any:
     """A word-level fast tokenizer over SAM3_WORDS, padded to the right like CLIP's."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
@@ -81,18 +119,19 @@ def _sam3_tokenizer() -> Any:
                                    eos_token="<eos>", unk_token="<unk>", padding_side="right")
 
 
-def tiny_processor(backend: str) -> Any:
-    """The processor saved with the tiny ``backend`` model, sized to its input."""
+def tiny_processor(backend: str, side: int = SIDE) -> Any:
+    """The processor saved with the tiny ``backend`` model, sized to its input (``side``
+    pixels; 1024 for the published SAM 2 / EdgeTAM / SAM-HQ architectures)."""
     from transformers import (Sam2ImageProcessor, Sam2Processor, Sam3ImageProcessor,
                               Sam3Processor, SamHQProcessor, SamImageProcessor)
 
-    low = SIDE // 4
+    low = side // 4
     if backend in ("sam2", "edgetam"):
         return Sam2Processor(image_processor=Sam2ImageProcessor(
-            size={"height": SIDE, "width": SIDE}, mask_size={"height": low, "width": low}))
+            size={"height": side, "width": side}, mask_size={"height": low, "width": low}))
     if backend == "sam_hq":
         return SamHQProcessor(image_processor=SamImageProcessor(
-            size={"longest_edge": SIDE}, pad_size={"height": SIDE, "width": SIDE},
+            size={"longest_edge": side}, pad_size={"height": side, "width": side},
             mask_size={"longest_edge": low}, mask_pad_size={"height": low, "width": low}))
     if backend == "sam3":
         side = int(tiny_segmenter_config("sam3").vision_config.backbone_config.image_size)
