@@ -183,7 +183,6 @@ def bench_backends(names: list[str], objects: int, repeats: int, device: str,
                      "decoder_ms": round(decoder_ms, 1),
                      "decoder_mask_prompt_ms": round(refine_ms, 1)}
         print(f"backend {name}: {out[name]}", flush=True)
-        del seg, embedding
     return out
 
 

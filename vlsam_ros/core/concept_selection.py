@@ -15,8 +15,8 @@ P = {p : A(p) >= t} (t = ``concept.attention_threshold``), an instance with mask
   ``prompts.detection_score`` (SAM's predicted IoU x mean attention inside the mask).
 
 Several instances are all kept when the map covers them (a row of cones under one broad
-peak); an instance the map does not reach is dropped however confident SAM 3 is. An empty positive area keeps nothing, and the object
-falls back to the point-prompted path.
+peak); an instance the map does not reach is dropped however confident SAM 3 is. An empty
+positive area keeps nothing, and the object falls back to the point-prompted path.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ class Pipeline:
     ``decoder_calls``, ``prompts`` (decoded), ``duplicate_prompts`` (exact duplicates
     decoded once), ``concept_instances`` (SAM 3 instances kept) and ``concept_fallbacks``
     (objects that took the point path in concept mode). FrameResult.segment_ms is
-    encoder + decoder + prompts_merge; the encoder part may overlap FrameResult.vlm_ms
+    encoder + decoder + concept + prompts_merge; the encoder part may overlap FrameResult.vlm_ms
     (``sam.overlap_encoder``), so vlm_ms + segment_ms can exceed total_ms.
     """
 
