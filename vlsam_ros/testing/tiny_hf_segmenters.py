@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from vlsam_ros.synthetic.tiny_video_trackers import _hiera, tiny_video_tracker_config
+from vlsam_ros.testing.synthetic.tiny_video_trackers import _hiera, tiny_video_tracker_config
 
 TINY_SEGMENTER_BACKENDS = ("sam2", "edgetam", "sam_hq")
 """``sam.backend`` values the tiny builder covers (plus ``sam3`` for concept mode)."""
