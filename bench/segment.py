@@ -15,7 +15,8 @@
    of one batched ``segment`` call for ``--objects`` point prompts (a positive/negative
    pair each) and of the same call with their logits as mask prompts (the refinement
    round), side by side: MobileSAM (vit_t), SAM vit_b (segment_anything, factored
-   decoder), SAM 2.1 hiera-tiny, EdgeTAM and SAM-HQ vit_b (transformers).
+   decoder), SAM 2.1 hiera-tiny, EdgeTAM and SAM-HQ vit_b (transformers); interleaved,
+   minimum over ``--repeats // 2`` rounds.
 
 Usage: ``PYTHONPATH=. python bench/segment.py [--objects 16] [--repeats 5] [--device cpu]
 [--threads N] [--questions 10] [--skip-recipe] [--backends vit_t vit_b sam2 edgetam sam_hq]
@@ -159,6 +160,9 @@ def _backend_segmenter(name: str, device: str):
 
 def bench_backends(names: list[str], objects: int, repeats: int, device: str,
                    image: np.ndarray) -> dict:
+    """Per backend: ``embed`` time and one batched ``segment`` call's time, without and with
+    mask prompts. Interleaved: every repeat times each backend in turn, and the minimum per
+    backend is reported, so a load change on a shared machine hits all backends alike."""
     from vlsam_ros.core.config import SamConfig
 
     h, w = image.shape[:2]
@@ -167,21 +171,26 @@ def bench_backends(names: list[str], objects: int, repeats: int, device: str,
                       axis=-1).astype(np.float32)
     labels = np.tile(np.array([1, 0]), (objects, 1))
     sam_cfg = SamConfig()
+    segmenters = {name: _backend_segmenter(name, device) for name in names}
+    embeddings, logits = {}, {}
+    for name, seg in segmenters.items():                                  # warm-up
+        embeddings[name] = seg.embed(image)
+        logits[name] = seg.segment(embeddings[name], points, labels,
+                                   sam_cfg=sam_cfg).low_res_logits
+    times: dict[str, dict[str, list[float]]] = {
+        n: {"encoder_ms": [], "decoder_ms": [], "decoder_mask_prompt_ms": []} for n in names}
+    for _ in range(repeats):
+        for name, seg in segmenters.items():
+            emb = embeddings[name]
+            times[name]["encoder_ms"].append(_median_ms(lambda: seg.embed(image), 1))
+            times[name]["decoder_ms"].append(_median_ms(
+                lambda: seg.segment(emb, points, labels, sam_cfg=sam_cfg), 1))
+            times[name]["decoder_mask_prompt_ms"].append(_median_ms(
+                lambda: seg.segment(emb, points, labels, logits[name], sam_cfg=sam_cfg), 1))
     out = {}
-    for name in names:
-        seg = _backend_segmenter(name, device)
-        params = sum(p.numel() for p in seg.model.parameters())
-        embedding = seg.embed(image)                                     # warm-up
-        encoder_ms = _median_ms(lambda: seg.embed(image), repeats)
-        first = seg.segment(embedding, points, labels, sam_cfg=sam_cfg)  # warm-up
-        decoder_ms = _median_ms(lambda: seg.segment(embedding, points, labels,
-                                                    sam_cfg=sam_cfg), repeats)
-        refine_ms = _median_ms(lambda: seg.segment(embedding, points, labels,
-                                                   first.low_res_logits, sam_cfg=sam_cfg),
-                               repeats)
-        out[name] = {"params_m": round(params / 1e6, 1), "encoder_ms": round(encoder_ms, 1),
-                     "decoder_ms": round(decoder_ms, 1),
-                     "decoder_mask_prompt_ms": round(refine_ms, 1)}
+    for name, seg in segmenters.items():
+        out[name] = {"params_m": round(sum(p.numel() for p in seg.model.parameters()) / 1e6, 1),
+                     **{k: round(min(v), 1) for k, v in times[name].items()}}
         print(f"backend {name}: {out[name]}", flush=True)
     return out
 
