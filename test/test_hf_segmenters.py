@@ -216,3 +216,19 @@ def test_folder_of_another_family_is_a_clear_error(loaded):
     other = "sam_hq" if backend != "sam_hq" else "sam2"
     with pytest.raises(ModelLoadError, match=f"sam.backend: {backend}"):
         load_segmenter(_cfg(folder, other))
+
+
+def test_mask_prompt_frame_follows_the_processor(loaded, image):
+    """A mask turned into a mask prompt in the segmenter's frame lands where the model's own
+    logits for that region lie: the square stretch for SAM 2 / EdgeTAM, SAM's padded square
+    for SAM-HQ (checked against the processor's own upsampling of those logits)."""
+    from vlsam_ros.core.tracking.followers import mask_to_low_res_logits
+
+    backend, _, segmenter, embedding = loaded
+    side, square = segmenter.mask_prompt_frame
+    assert square == (backend != "sam_hq")
+    mask = np.zeros(IMAGE_SHAPE, bool)
+    mask[10:50, 20:100] = True
+    prompt = mask_to_low_res_logits(mask, 10.0, side, square)
+    back = segmenter.upsample(torch.from_numpy(prompt[None]), embedding)[0].numpy() > 0
+    assert (back != mask).mean() < 0.03

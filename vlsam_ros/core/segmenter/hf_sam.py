@@ -180,6 +180,13 @@ class HfSamSegmenter:
             in_h, in_w = (int(v) for v in pixels.shape[-2:])
         return HfSamEmbedding(features, extra, (height, width), (in_h, in_w))
 
+    @property
+    def mask_prompt_frame(self) -> tuple[int, bool]:
+        """(S, square_resize): side of the low-resolution logits and whether the image is
+        stretched to the square (SAM 2 family) rather than resized and padded (SAM-HQ), for
+        mask prompts made from a mask (``followers.mask_to_low_res_logits``)."""
+        return self.input_side // 4, self.family.square_resize
+
     def model_frame(self, embedding: HfSamEmbedding) -> tuple[float, float]:
         """(s_x, s_y): model input pixels per image pixel, as the processor scales points."""
         height, width = embedding.original_size
