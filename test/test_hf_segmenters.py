@@ -232,3 +232,16 @@ def test_mask_prompt_frame_follows_the_processor(loaded, image):
     prompt = mask_to_low_res_logits(mask, 10.0, side, square)
     back = segmenter.upsample(torch.from_numpy(prompt[None]), embedding)[0].numpy() > 0
     assert (back != mask).mean() < 0.03
+
+
+def test_make_tiny_models_writes_loadable_segmenters(tmp_path):
+    from vlsam_ros.testing.make_tiny_models import make_tiny_models
+    from vlsam_ros.tools.cli import ToolError
+
+    out = make_tiny_models(tmp_path / "models", families=(), sam_types=(),
+                           segmenters=("edgetam",))
+    segmenter = load_segmenter(_cfg(out / "edgetam", "edgetam"))
+    assert isinstance(segmenter, HfSamSegmenter) and segmenter.family.backend == "edgetam"
+    with pytest.raises(ToolError, match="unknown segmenter"):
+        make_tiny_models(tmp_path / "other", families=(), sam_types=(), segmenters=("sam4",))
+    assert not (tmp_path / "other").exists()
