@@ -312,6 +312,11 @@ class AttentionConfig(_Section):
                                       "generated tokens). Bigger requests are refused before "
                                       "generating (LLaVA-NeXT-7B at T=2030 needs about 34 GB "
                                       "per prompt).", range=(1e-6, 4096.0))
+    gradcam: bool = _field(False, "GradCAM weighting (PnP-OVSS): the last layer's attention "
+                           "of each object's rows is weighted by its gradient with respect to "
+                           "the log-probability of the generated name, negatives clamped to 0 "
+                           "(core/gradcam.py). Costs one teacher-forced forward per prompt and "
+                           "one backward per frame.", runtime=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,12 +328,34 @@ class PromptConfig(_Section):
     refinement_rounds: int = _field(2, "Refinement rounds after the first prompt: round 1 "
                                     "cascades mask logits, later rounds mask out found areas "
                                     "and sample again (paper: 2).", range=(0, 8), runtime=True)
+    dropout_iterations: int = _field(0, "Salience DropOut (PnP-OVSS) before prompting: "
+                                     "iterations k; each blacks out the most attended patches "
+                                     "of the image, re-runs the VLM teacher-forced on the same "
+                                     "text and adds the maps (core/salience_dropout.py). 0 = off.",
+                                     range=(0, 16), runtime=True)
+    dropout_patches: int = _field(4, "Salience DropOut: patches N blacked out per iteration (the "
+                                  "N not yet dropped with the highest summed attention of all "
+                                  "objects of the prompt).", range=(1, 65536), runtime=True)
     negative_point: bool = _field(True, "Add the negative point at the map minimum outside "
                                   "the positive area.", runtime=True)
     min_mask_area_px: int = _field(16, "Masks smaller than this many pixels are discarded.",
                                    range=(0, 10**8), runtime=True)
     connectivity: int = _field(8, "Pixel connectivity (4 or 8) of the connected components "
                                "that pick the positive area.", range=(4, 8), runtime=True)
+    subpixel_peak: str = _field("off", "LENS keypoints: locate each positive point below "
+                                "patch resolution by a fit through the peak and its "
+                                "neighbours one patch away: 'quadratic' (parabola through the "
+                                "values) or 'gaussian' (through their logarithms); 'off': the "
+                                "peak pixel (paper).", choices=("off", "quadratic", "gaussian"),
+                                runtime=True)
+    positive_points: int = _field(1, "LENS keypoints: most positive points per prompt, at "
+                                  "separated local maxima of the map inside the positive "
+                                  "area (1: the paper's single point).", range=(1, 16),
+                                  runtime=True)
+    positive_separation_cells: float = _field(2.0, "Least distance between two positive "
+                                              "points of one prompt, in patch cells "
+                                              "(with positive_points > 1).",
+                                              range=(0.0, 64.0), runtime=True)
 
     def _check(self) -> None:
         if self.connectivity not in (4, 8):

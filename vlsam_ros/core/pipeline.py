@@ -6,6 +6,9 @@ Per frame:
 2. the questions (``questions.QuestionCache``, built once per configuration);
 3. ONE ``vlm.describe`` batch over every (view, question) pair, while a worker thread runs
    the SAM image encoder once per view (``sam.overlap_encoder``);
+   With ``prompts.dropout_iterations`` > 0, Salience DropOut then completes the maps
+   (``salience_dropout.complete_maps``: teacher-forced re-runs on blacked-out patches);
+   with ``attention.gradcam`` the VLM weights its maps by their gradients (``gradcam.py``);
 4. per view, every named object of every question is prompted and refined
    (``refinement.segment_objects``: one decoder call per round for all of them); in
    concept mode (``concept.enabled``) SAM 3 first proposes every instance of each name and
@@ -46,6 +49,7 @@ from vlsam_ros.core.masks import (box_from_mask, decode_rle, encode_rle, mask_nm
 from vlsam_ros.core.questions import QuestionCache
 from vlsam_ros.core.refinement import Candidate, DecodeStats, ObjectMap, segment_objects
 from vlsam_ros.core.results import Detection, FrameResult, VlmAnswer
+from vlsam_ros.core.salience_dropout import complete_maps
 from vlsam_ros.core.segmenter.base import PromptableSegmenter
 from vlsam_ros.core.tiles import View, make_views
 
@@ -105,8 +109,9 @@ class Pipeline:
     ``decoder_calls``, ``prompts`` (decoded), ``duplicate_prompts`` (exact duplicates
     decoded once), ``concept_instances`` (SAM 3 instances kept) and ``concept_fallbacks``
     (objects that took the point path in concept mode). FrameResult.segment_ms is
-    encoder + decoder + concept + prompts_merge; the encoder part may overlap FrameResult.vlm_ms
-    (``sam.overlap_encoder``), so vlm_ms + segment_ms can exceed total_ms.
+    encoder + decoder + concept + prompts_merge; the encoder part may overlap
+    FrameResult.vlm_ms (``sam.overlap_encoder``), so vlm_ms + segment_ms can exceed
+    total_ms.
     """
 
     def __init__(self, cfg: VlsamConfig, vlm: VisionLanguageModel,
@@ -176,7 +181,7 @@ class Pipeline:
             candidates: list[Candidate] = []       # every view's, in full-frame coordinates
             for i, job in enumerate(jobs):
                 cancellation.check(f"before segmenting view {i + 1} of {len(jobs)}")
-                objects = [ObjectMap(o.name, a.attention_maps[k])
+                objects = [ObjectMap(o.name, a.attention_maps[k], a.patch_cell_px())
                            for a in job.answers for k, o in enumerate(a.objects)]
                 if not objects:
                     continue
@@ -242,6 +247,14 @@ class Pipeline:
             answers = self.vlm.describe(images, asked, cfg.vlm, cfg.attention)
             stages["vlm"] = _ms(t)
         _check_answers(answers, images)
+        if cfg.prompts.dropout_iterations > 0:
+            # Salience DropOut (prompts.dropout_*): black out the most attended patches,
+            # re-run the VLM on the same text and sum the maps, before they become prompts.
+            t = time.perf_counter()
+            answers = complete_maps(self.vlm, images, asked, answers, cfg.vlm, cfg.attention,
+                                    cfg.prompts.dropout_iterations, cfg.prompts.dropout_patches)
+            stages["vlm"] += _ms(t)
+            _check_answers(answers, images)
         nq = len(questions)
         jobs = [_ViewJob(v, crop, tuple(answers[i * nq:(i + 1) * nq]))
                 for i, (v, crop) in enumerate(zip(views, crops))]

@@ -2,7 +2,9 @@
 
 Rounds (``prompts.refinement_rounds`` = R):
 
-* round 0: one positive/negative pair per object map -> SAM's best mask and its logits;
+* round 0: one positive/negative pair per object map -> SAM's best mask and its logits
+  (the LENS keypoint options of ``prompts.KeypointOptions`` refine and multiply the
+  positive points of every round's prompts);
 * round 1 (R >= 1, cascade): the same points again, with round 0's low-res logits as the
   mask prompt; the refined mask replaces round 0's;
 * round r >= 2 (masked attention): the object's map is zeroed inside every mask found for
@@ -17,24 +19,34 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import PromptConfig, SamConfig
 from vlsam_ros.core.masks import Rle, encode_rle
-from vlsam_ros.core.prompts import (PointPrompt, detection_score, sample_point_pair,
-                                    stack_prompts, suppress_attention)
+from vlsam_ros.core.prompts import (
+    KeypointOptions,
+    PointPrompt,
+    detection_score,
+    sample_point_pair,
+    stack_prompts,
+    suppress_attention,
+)
 from vlsam_ros.core.segmenter.base import PromptableSegmenter, SegmentationBatch
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectMap:
-    """One named object of a VLM answer: its label and float32 (H, W) map in [0, 1]."""
+    """One named object of a VLM answer: its label and float32 (H, W) map in [0, 1];
+    ``cell_px`` = (width, height) of one patch cell of the map in pixels (needed by the
+    keypoint options, ``prompts.KeypointOptions``)."""
 
     label: str
     attention: np.ndarray
+    cell_px: tuple[float, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +113,22 @@ def _decode(segmenter: PromptableSegmenter, embedding: Any, prompts: Sequence[Po
                              batch.low_res_logits[inverse])
 
 
-def _sample(remaining: list[np.ndarray], indices: Sequence[int], cfg: PromptConfig
-            ) -> tuple[list[int], list[PointPrompt]]:
+def keypoint_options(cfg: PromptConfig) -> KeypointOptions:
+    """The LENS keypoint options (``prompts.subpixel_peak``, ``prompts.positive_points``,
+    ``prompts.positive_separation_cells``) of a prompt configuration."""
+    return KeypointOptions(cfg.subpixel_peak, cfg.positive_points,
+                           cfg.positive_separation_cells)
+
+
+def _sample(remaining: list[np.ndarray], objects: Sequence[ObjectMap], indices: Sequence[int],
+            cfg: PromptConfig) -> tuple[list[int], list[PointPrompt]]:
     """New point pairs for the objects ``indices``; drops those with nothing left."""
     kept: list[int] = []
     prompts: list[PointPrompt] = []
+    keypoints = keypoint_options(cfg)
     for i in indices:
         prompt = sample_point_pair(remaining[i], cfg.threshold, cfg.connectivity,
-                                   cfg.negative_point)
+                                   cfg.negative_point, keypoints, objects[i].cell_px)
         if prompt is not None:
             kept.append(i)
             prompts.append(prompt)
@@ -140,7 +160,7 @@ def segment_objects(segmenter: PromptableSegmenter, embedding: Any,
             candidates.append(Candidate(objects[i].label, score, encode_rle(mask), area,
                                         prompts[k].points, prompts[k].labels, rnd))
 
-    alive, prompts = _sample(remaining, range(len(objects)), cfg)
+    alive, prompts = _sample(remaining, objects, range(len(objects)), cfg)
     if not prompts:
         return candidates
     batch = _decode(segmenter, embedding, prompts, None, sam_cfg, stats)     # round 0
@@ -150,7 +170,7 @@ def segment_objects(segmenter: PromptableSegmenter, embedding: Any,
         rnd = 1
     collect(batch, alive, prompts, rnd)
     for rnd in range(2, cfg.refinement_rounds + 1):                          # masked attention
-        alive, prompts = _sample(remaining, alive, cfg)
+        alive, prompts = _sample(remaining, objects, alive, cfg)
         if not prompts:
             break
         collect(_decode(segmenter, embedding, prompts, None, sam_cfg, stats), alive, prompts,
