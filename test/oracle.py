@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from vlsam_ros.core.config import AttentionConfig, SamConfig, VlmConfig
-from vlsam_ros.offline.evaluation.coda_recall import (class_agnostic_recall, detection_to_coco,
+from vlsam_ros.offline.evaluation.coda_recall import (class_agnostic_recall, coco_result,
                                                      load_ground_truth)
 from vlsam_ros.core.results import FrameResult, ObjectName, VlmAnswer
 from vlsam_ros.core.segmenter.base import LOW_RES_MASK_SIZE, SegmentationBatch
@@ -222,5 +222,5 @@ def scene_recall(scene: Scene, result: FrameResult):
                         for i, o in enumerate(scene.objects)],
         "categories": [{"id": 1, "name": "object"}],
     })
-    dets = [detection_to_coco(1, d.label, d.score, d.box_xyxy) for d in result.detections]
+    dets = [coco_result(1, d.label, d.score, d.box_xyxy) for d in result.detections]
     return class_agnostic_recall(gt, dets)

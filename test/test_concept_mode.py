@@ -72,8 +72,8 @@ def test_an_object_sam3_misses_comes_from_the_point_path(yard):
     np.testing.assert_array_equal(deer[0].mask, yard.objects[5].mask)
     assert len(deer[0].prompt_points) > 0                 # a point-prompted detection
     assert seg.calls and all(c["k"] == 1 for c in seg.calls), "only the deer is prompted"
-    assert pipe.last_stage_ms["concept_fallbacks"] == 1
-    assert pipe.last_stage_ms["concept_instances"] == 5
+    assert result.stage_ms["concept_fallbacks"] == 1
+    assert result.stage_ms["concept_instances"] == 5
 
 
 @pytest.fixture(scope="module")

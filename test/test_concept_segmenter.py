@@ -94,7 +94,7 @@ def test_a_frame_in_concept_mode_with_tiny_sam3_and_sam2(concept, sam3_folder, t
                      "ensemble.num_questions": 1, "ensemble.min_score": 0.0})
     pipe = Pipeline(cfg, PlantedVlm(scene), load_segmenter(cfg), concept)
     result = pipe.run(scene.image)
-    stages = pipe.last_stage_ms
+    stages = result.stage_ms
     assert stages["concept_instances"] + stages["concept_fallbacks"] >= 2
     assert stages["concept"] > 0 and stages["encoder"] > 0
     for det in result.detections:

@@ -5,6 +5,7 @@ documented exit code (vlsam_ros/tools/cli.py: 2 user error, 1 the node could not
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from test_replay import write_image_bag
-from vlsam_ros.tools.cli import STAGING_PREFIX, options_without_help
+from vlsam_ros.tools.cli import STAGING_PREFIX
 from vlsam_ros.offline.datasets.make_demo_dataset import make_demo_dataset
 
 TOOLS = {  # command -> module
@@ -28,6 +29,7 @@ TOOLS = {  # command -> module
     "vlsam-write-params-yaml": "vlsam_ros.tools.write_params_yaml",
     "vlsam-make-demo-dataset": "vlsam_ros.offline.datasets.make_demo_dataset",
     "vlsam-demo": "vlsam_ros.offline.demo",
+    "vlsam-label": "vlsam_ros.offline.labelling.label_tool",
 }
 UNWRITABLE = "/proc/vlsam_out"  # a file system where nothing can be created, even by root
 
@@ -37,6 +39,13 @@ def run(tool: str, args: list[str], cwd: Path, timeout: float = 180.0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", TOOLS[tool], *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def options_without_help(parser: argparse.ArgumentParser) -> list[str]:
+    """The options and positionals of ``parser`` that have no help text (should be none)."""
+    return [action.option_strings[0] if action.option_strings else action.dest
+            for action in parser._actions
+            if not isinstance(action, argparse._HelpAction) and not action.help]
 
 
 def tree(root: Path) -> set[str]:
@@ -159,6 +168,9 @@ CASES = [
     ("vlsam-demo", ["--out", "{out}/demo", "--frames", "0"], 2, "must be at least 1"),
     ("vlsam-demo", ["--out", "/proc/demo", "--models", "{tiny}"], 2, "cannot write in /proc"),
     ("vlsam-demo", ["--out", "{out}/demo", "--timeout", "-1"], 2, "above 0"),
+    # --- vlsam-label (checked before Ray starts)
+    ("vlsam-label", ["{in}/bag", "{in}/no_such_bag", "--out", "{out}/labels"], 2,
+     "no_such_bag: file or folder not found"),
 ]
 
 
@@ -211,7 +223,8 @@ def test_every_option_of_every_tool_has_help(tool):
 
 
 def test_runner_and_replay_print_config_and_list_keys(tmp_path):
-    from vlsam_ros.core.config import load_config, schema
+    from vlsam_ros.core.config import schema
+    from vlsam_ros.core.config_files import load_config
 
     keys = run("vlsam-node-runner", ["--list-keys"], tmp_path)
     assert keys.returncode == 0

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from oracle import OracleSegmenter, PlantedVlm, make_scene
-from vlsam_ros.core.config import ConfigError, from_flat, load_config, schema, to_flat
+from vlsam_ros.core.config import ConfigError, from_flat, schema, to_flat
+from vlsam_ros.core.config_files import load_config
 from vlsam_ros.core.errors import ModelNotFoundError
 from vlsam_ros.core.pipeline import Pipeline
 from vlsam_ros.offline.tuning.frames import Frame, frames_from_folder
@@ -457,7 +458,7 @@ def test_vlsam_tune_as_a_user_runs_it(tmp_path):
     import sys
 
     from vlsam_ros.offline.tuning.tool import build_parser
-    from vlsam_ros.tools.cli import options_without_help
+    from test_tool_errors import options_without_help
 
     out = tmp_path / "tuned.yaml"
     proc = subprocess.run([sys.executable, "-m", "vlsam_ros.offline.tuning.tool", str(out),

@@ -20,11 +20,11 @@ Per frame:
    question, in full-frame coordinates, as the paper does. (NMS within each view first and
    then across views would lose a candidate suppressed in its view by one that a better
    candidate of another view removes later.) The kept detection keeps its label; the
-   labels it absorbed become ``alt_labels``. Then ``ensemble.min_score`` and the
-   ``ensemble.max_detections`` best by score.
+   labels it absorbed become ``alt_labels`` (``merging.merge_candidates``). Then
+   ``ensemble.min_score`` and the ``ensemble.max_detections`` best by score.
 
 Detection score = SAM's predicted IoU x mean normalised attention inside the mask
-(``prompts.detection_score``); merging keeps the highest score of its group.
+(``refinement.detection_score``); merging keeps the highest score of its group.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ from vlsam_ros.core import cancellation
 from vlsam_ros.core.cancellation import CancellationToken
 from vlsam_ros.core.concept_mode import ConceptStats, concept_candidates
 from vlsam_ros.core.config import ConfigError, VlsamConfig, schema, to_flat
-from vlsam_ros.core.errors import InvalidImageError
-from vlsam_ros.core.masks import (box_from_mask, decode_rle, encode_rle, mask_nms,
-                                  merge_labels, rle_box)
+from vlsam_ros.core.image_check import check_image
+from vlsam_ros.core import merging
+from vlsam_ros.core.masks import box_from_mask, decode_rle, encode_rle, rle_box
 from vlsam_ros.core.questions import QuestionCache
 from vlsam_ros.core.refinement import Candidate, DecodeStats, ObjectMap, segment_objects
 from vlsam_ros.core.results import Detection, FrameResult, VlmAnswer
@@ -62,21 +62,6 @@ LOG = logging.getLogger(__name__)
 # Sections whose non-runtime fields define loaded models; the core ignores cameras/node.*.
 _MODEL_SECTIONS = ("device", "vlm.", "sam.", "attention.", "prompts.", "ensemble.",
                    "concept.")
-
-
-def check_image(image: Any, min_side: int = 1) -> None:
-    """Raises InvalidImageError unless ``image`` is an RGB uint8 (H, W, 3) numpy array with
-    both sides >= ``min_side``."""
-    if not isinstance(image, np.ndarray):
-        raise InvalidImageError(f"expected an RGB uint8 numpy array (H, W, 3), got "
-                                f"{type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise InvalidImageError(f"expected dtype uint8 (RGB, 0..255), got {image.dtype}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidImageError(f"expected shape (H, W, 3) (RGB), got {image.shape}")
-    if image.shape[0] < min_side or image.shape[1] < min_side:
-        raise InvalidImageError(f"image of {image.shape[0]} x {image.shape[1]} pixels is too "
-                                f"small (each side must be >= {min_side})")
 
 
 def model_fields_changed(old: VlsamConfig, new: VlsamConfig) -> list[str]:
@@ -102,7 +87,7 @@ class _ViewEmbedding:
 class Pipeline:
     """VL-SAM on one frame at a time. Thread-safe: concurrent ``run`` calls are serialised.
 
-    ``last_stage_ms`` holds the stage times of the latest frame (ms): questions (question
+    Each result's ``stage_ms`` holds the frame's stage times (ms): questions (question
     set built during this frame, else 0), vlm, encoder (SAM image encoder, all views;
     SAM 3's too in concept mode), decoder (all SAM decoder calls), concept (SAM 3's concept
     calls), prompts_merge (point sampling, scoring, NMS, mapping), total; plus the counts
@@ -125,7 +110,6 @@ class Pipeline:
         self.concept = concept if cfg.concept.enabled else None
         self._questions = QuestionCache()
         self._run_lock = threading.Lock()
-        self.last_stage_ms: dict[str, float] = {}
         if cfg.ensemble.num_questions > 1:
             self.questions()                 # generated once, here, not on the first frame
 
@@ -196,7 +180,7 @@ class Pipeline:
                     found = [c for c in found
                              if not job.view.touches_inner_edge(rle_box(c.rle), (height, width))]
                 candidates.extend(_to_full_frame(c, job.view, (height, width)) for c in found)
-            kept = [c for c in _merge(candidates, cfg.ensemble.nms_iou)
+            kept = [c for c in merging.merge_candidates(candidates, cfg.ensemble.nms_iou)
                     if c.score >= cfg.ensemble.min_score]
             kept.sort(key=lambda c: -c.score)
             detections = tuple(_to_detection(c) for c in kept[:cfg.ensemble.max_detections])
@@ -204,14 +188,14 @@ class Pipeline:
             stages["concept"] = concept_stats.concept_ms
             stages["prompts_merge"] = _ms(t) - decode.decoder_ms - concept_stats.concept_ms
             total = _ms(start)
-            self.last_stage_ms = {**stages, "total": total, "decoder_calls": decode.calls,
-                                  "prompts": decode.prompts,
-                                  "duplicate_prompts": decode.duplicates,
-                                  "concept_instances": concept_stats.kept,
-                                  "concept_fallbacks": concept_stats.fallbacks}
+            stage_ms = {**stages, "total": total, "decoder_calls": decode.calls,
+                        "prompts": decode.prompts, "duplicate_prompts": decode.duplicates,
+                        "concept_instances": concept_stats.kept,
+                        "concept_fallbacks": concept_stats.fallbacks}
             segment_ms = (stages["encoder"] + stages["decoder"] + stages["concept"]
                           + stages["prompts_merge"])
-            return FrameResult(detections, description, stages["vlm"], segment_ms, total)
+            return FrameResult(detections, description, stages["vlm"], segment_ms, total,
+                               stage_ms=stage_ms)
 
     def _embed(self, images: Sequence[np.ndarray],
                stages: dict[str, float]) -> list[_ViewEmbedding]:
@@ -294,22 +278,6 @@ def _check_answers(answers: Sequence[VlmAnswer], images: Sequence[np.ndarray]) -
             raise ValueError(f"the VLM returned attention maps of shape "
                              f"{answer.attention_maps.shape}, expected {expected} "
                              "(one map per object, sized to the image)")
-
-
-def _merge(candidates: Sequence[Candidate], iou_threshold: float) -> list[Candidate]:
-    """Mask-IoU NMS; each kept candidate absorbs the labels of those it suppressed."""
-    if not candidates:
-        return []
-    groups = mask_nms([c.rle for c in candidates], np.array([c.score for c in candidates]),
-                      iou_threshold)
-    out = []
-    for g in groups:
-        kept = candidates[g.keep]
-        absorbed = [kept.label] + list(kept.alt_labels)
-        for j in g.suppressed:
-            absorbed += [candidates[j].label, *candidates[j].alt_labels]
-        out.append(dataclasses.replace(kept, alt_labels=merge_labels(kept.label, absorbed)))
-    return out
 
 
 def _to_full_frame(c: Candidate, view: View, full_shape: tuple[int, int]) -> Candidate:

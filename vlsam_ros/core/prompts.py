@@ -1,4 +1,4 @@
-"""Attention map -> SAM point prompts (method.md section 3) and the detection score.
+"""Attention map -> SAM point prompts (method.md section 3).
 
 Maps are float32 (H, W), min-max normalised to [0, 1] by the VLM side and sized to the
 image they describe. Points are continuous pixel coordinates (x, y): the centre of pixel
@@ -237,25 +237,3 @@ def stack_prompts(prompts: Sequence[PointPrompt]) -> tuple[np.ndarray, np.ndarra
         points[k, :len(pr.labels)] = pr.points
         labels[k, :len(pr.labels)] = pr.labels
     return points, labels
-
-
-def suppress_attention(attention: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
-    """Copy of ``attention`` with every pixel inside any of ``masks`` (bool (H, W)) set to 0:
-    the masked-attention step of refinement (method.md section 4)."""
-    out = attention.copy()
-    for mask in masks:
-        out[mask] = 0.0
-    return out
-
-
-def detection_score(iou_prediction: float, attention: np.ndarray, mask: np.ndarray) -> float:
-    """score = SAM's predicted IoU x mean normalised attention inside the mask.
-
-    The first factor rates the mask's quality, the second how much of the VLM's attention
-    for the name the mask explains; both lie in [0, 1] for a normalised map, and the
-    product is clipped to [0, 1]. An empty mask scores 0.
-    """
-    if not mask.any():
-        return 0.0
-    value = float(iou_prediction) * float(attention[mask].mean())
-    return float(np.clip(value, 0.0, 1.0))

@@ -12,7 +12,7 @@ Rounds (``prompts.refinement_rounds`` = R):
   name. An object stops when its remaining maximum falls under ``prompts.threshold``.
 
 Every round sends the prompts of all still-active objects to ONE batched decoder call
-(exact duplicate prompts are decoded once).
+(exact duplicate prompts are decoded once). Each mask is scored by :func:`detection_score`.
 """
 
 from __future__ import annotations
@@ -27,15 +27,30 @@ import numpy as np
 from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import PromptConfig, SamConfig
 from vlsam_ros.core.masks import Rle, encode_rle
-from vlsam_ros.core.prompts import (
-    KeypointOptions,
-    PointPrompt,
-    detection_score,
-    sample_point_pair,
-    stack_prompts,
-    suppress_attention,
-)
+from vlsam_ros.core.prompts import KeypointOptions, PointPrompt, sample_point_pair, stack_prompts
 from vlsam_ros.core.segmenter.base import PromptableSegmenter, SegmentationBatch
+
+
+def suppress_attention(attention: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Copy of ``attention`` with every pixel inside any of ``masks`` (bool (H, W)) set to 0:
+    the masked-attention step of refinement (method.md section 4)."""
+    out = attention.copy()
+    for mask in masks:
+        out[mask] = 0.0
+    return out
+
+
+def detection_score(iou_prediction: float, attention: np.ndarray, mask: np.ndarray) -> float:
+    """score = SAM's predicted IoU x mean normalised attention inside the mask.
+
+    The first factor rates the mask's quality, the second how much of the VLM's attention
+    for the name the mask explains; both lie in [0, 1] for a normalised map, and the
+    product is clipped to [0, 1]. An empty mask scores 0.
+    """
+    if not mask.any():
+        return 0.0
+    value = float(iou_prediction) * float(attention[mask].mean())
+    return float(np.clip(value, 0.0, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +70,7 @@ class Candidate:
 
     rle: compressed COCO RLE of the bool mask; area: its pixel count.
     points: float32 (P, 2) (x, y) prompt points; point_labels: int8 (P,) 1 pos / 0 neg.
-    score: SAM predicted IoU x mean attention inside the mask (prompts.detection_score).
+    score: SAM predicted IoU x mean attention inside the mask (:func:`detection_score`).
     round: the refinement round that produced it.
     alt_labels: labels of candidates merged into this one by NMS.
     """

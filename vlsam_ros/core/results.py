@@ -86,7 +86,9 @@ class FrameResult:
     """Everything the pipeline produced for one frame; times in milliseconds.
 
     ``discovery``: whether this frame ran discovery (the VLM); always True without
-    tracking, where every frame does."""
+    tracking, where every frame does. ``stage_ms``: the pipeline's per-stage times and counts
+    for this frame (``Pipeline.run`` lists the keys; empty when not measured, e.g. a result
+    read back from a message); not part of equality."""
 
     detections: tuple[Detection, ...]
     description: str
@@ -94,3 +96,4 @@ class FrameResult:
     segment_ms: float
     total_ms: float
     discovery: bool = True
+    stage_ms: dict[str, float] = dataclasses.field(default_factory=dict, compare=False)

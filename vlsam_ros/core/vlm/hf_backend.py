@@ -12,7 +12,8 @@ Attention (method.md section 2) is captured during the real ``generate`` call:
 * ``attention.capture = 'reference'``: eager attention, full probabilities, full flow
   matrix (``attention.reference_object_rows``).
 
-Object token rows: the map of a name uses, for each of its generated tokens, the query row
+Object token rows (``token_rows.query_rows``): the map of a name uses, for each of its generated
+tokens, the query row
 that *generated* that token (the position just before it), which is the attention returned
 for that step by ``generate(output_attentions=True)`` and exists for every generated token
 (the last generated token is never fed back). Multi-token names average their rows.
@@ -36,27 +37,17 @@ import torch
 
 from vlsam_ros.core import attention as attn
 from vlsam_ros.core.config import AttentionConfig, VlmConfig
-from vlsam_ros.core.errors import (AttentionUnavailableError, InvalidImageError,
-                                   ModelNotFoundError)
+from vlsam_ros.core.errors import AttentionUnavailableError, ModelNotFoundError
+from vlsam_ros.core.image_check import check_image
 from vlsam_ros.core.results import ObjectName, VlmAnswer
 from vlsam_ros.core.vlm import layouts, prefix_sharing, stopping, teacher_forcing
 from vlsam_ros.core.vlm.capture import (AttentionRecorder, QKHook, RowCapture,
                                         attention_modules, capturing)
 from vlsam_ros.core.vlm.image_fit import ImageFit, fit_processor
 from vlsam_ros.core.vlm.object_names import parse_object_names, token_char_spans
+from vlsam_ros.core.vlm.token_rows import query_rows
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def check_image(image: Any, index: int) -> np.ndarray:
-    """Raises InvalidImageError unless ``image`` is an RGB uint8 (H, W, 3) array."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
-            or image.shape[2] != 3 or image.shape[0] < 2 or image.shape[1] < 2:
-        desc = (f"{type(image).__name__} {getattr(image, 'dtype', '')} "
-                f"{getattr(image, 'shape', '')}")
-        raise InvalidImageError(f"image {index}: expected an RGB uint8 (H, W, 3) array with "
-                                f"H, W >= 2, got {desc}")
-    return image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +149,8 @@ class HuggingFaceVlm:
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         if not images:
             return []
-        images = [check_image(im, i) for i, im in enumerate(images)]
+        images = [check_image(im, min_side=2, what=f"image {i}")
+                  for i, im in enumerate(images)]
         prompts = [self._prompt(q, with_image=True) for q in questions]
         processor = self.fitted_processor(vlm_cfg)
         self.match_model_to(processor)
@@ -343,7 +335,7 @@ class HuggingFaceVlm:
             text_ids, fed = self._until_eos(sequences[b, padded_len:].tolist())
             text, spans = token_char_spans(self.tokenizer, text_ids)
             objects = parse_object_names(text, spans, cfg=vlm_cfg)
-            rows = tuple(tuple(prompt_len + t - 1 for t in range(*o.token_span)) for o in objects)
+            rows = tuple(query_rows(prompt_len, o.token_span) for o in objects)
             samples.append(_Sample(pad=pad, prompt_len=prompt_len,
                                    seq_len=prompt_len + max(fed, 1) - 1, text=text,
                                    objects=tuple(objects), rows=rows,

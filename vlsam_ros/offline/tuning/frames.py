@@ -70,8 +70,9 @@ def frames_from_bag(bag: str | Path, topics: Sequence[str], every: int = 1,
     topics together in log-time order. FramesError for a missing topic, a non-image topic
     or an undecodable frame; BagError for an unreadable bag."""
     from vlsam_ros.offline.replay.bag_io import iter_messages, open_reader, vlsam_typestore
-    from vlsam_ros.offline.replay.replay_bag import ReplayError, select_cameras
-    from vlsam_ros.ros import conversions
+    from vlsam_ros.offline.replay.replay_options import ReplayError
+    from vlsam_ros.offline.replay.source_frames import select_cameras
+    from vlsam_ros.ros.images import decode_image_msg
 
     store = vlsam_typestore()
     frames: list[Frame] = []
@@ -89,7 +90,7 @@ def frames_from_bag(bag: str | Path, topics: Sequence[str], every: int = 1,
                 continue
             msg = store.deserialize_cdr(raw, conn.msgtype)
             try:
-                rgb = conversions.decode_image_msg(msg, node_cfg)
+                rgb = decode_image_msg(msg, node_cfg)
             except InvalidImageError as exc:
                 raise FramesError(f"{bag}: {conn.topic} message {n}: {exc}") from None
             frames.append(Frame(f"{conn.topic}#{n}", rgb))

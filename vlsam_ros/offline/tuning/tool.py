@@ -33,7 +33,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from vlsam_ros.core.config import load_config, parse_set_flags
+from vlsam_ros.core.config_files import load_config, parse_set_flags
 from vlsam_ros.offline.replay.bag_io import BagError
 from vlsam_ros.offline.tuning.frames import FramesError, frames_from_bag, frames_from_folder
 from vlsam_ros.offline.tuning.reward import DEFAULT_TEXT_TEMPLATE
