@@ -47,7 +47,7 @@ test-slow: build
 	$(ROS_ENV) && VLSAM_NO_SKIP=1 $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 demo: build
-	$(ROS_ENV) && $(PY) -m vlsam_ros.tools.demo --out $(DEMO_OUT)
+	$(ROS_ENV) && $(PY) -m vlsam_ros.offline.demo --out $(DEMO_OUT)
 
 bench: build
 	$(ROS_ENV) && $(PY) bench/attention.py && $(PY) bench/segment.py && $(PY) bench/node.py

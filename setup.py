@@ -37,7 +37,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["vlsam_ros", "vlsam_ros.*"]),
-    package_data={"vlsam_ros.core.vlm": ["data/*.json"]},   # published VLM configurations
+    package_data={"vlsam_ros.testing": ["data/*.json"]},   # published VLM configurations
     install_requires=[
         "numpy",
         "pyyaml",

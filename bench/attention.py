@@ -78,7 +78,7 @@ def _setup(setting: str, new_tokens: int):
 
     from vlsam_ros.core.config import from_flat
     from vlsam_ros.core.vlm.hf_backend import LlavaVlm
-    from vlsam_ros.core.vlm.tiny import build_tiny_vlm
+    from vlsam_ros.testing.tiny_vlm import build_tiny_vlm
 
     model, processor = build_tiny_vlm("llava", seed=0, **SETTINGS[setting])
     vlm = LlavaVlm(model, processor)

@@ -20,9 +20,9 @@ from std_msgs.msg import Header
 
 from vlsam_ros.core.masks import box_from_mask
 from vlsam_ros.core.results import Detection, FrameResult
-from vlsam_ros.detection_messages import MessageTypes, frame_result_to_msg
-from vlsam_ros.image_decoding import compressed_to_rgb, image_to_rgb
-from vlsam_ros.visualization import markers_msg, overlay_msg
+from vlsam_ros.ros.detection_messages import MessageTypes, frame_result_to_msg
+from vlsam_ros.ros.image_decoding import compressed_to_rgb, image_to_rgb
+from vlsam_ros.ros.visualization import markers_msg, overlay_msg
 
 HEIGHT, WIDTH = 900, 1600
 LIMIT = 10**8
@@ -82,7 +82,7 @@ def main() -> None:
     try:
         types = MessageTypes.ros()
     except ImportError:  # no colcon build: rosbags' classes from msg/*.msg
-        from vlsam_ros.bag_io import vlsam_typestore
+        from vlsam_ros.offline.replay.bag_io import vlsam_typestore
         types = MessageTypes.from_typestore(vlsam_typestore())
         store_header = vlsam_typestore().types["std_msgs/msg/Header"]
         header = store_header(stamp=vlsam_typestore().types["builtin_interfaces/msg/Time"](

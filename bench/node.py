@@ -39,9 +39,9 @@ from sensor_msgs.msg import Image  # noqa: E402
 from vlsam_ros.core.config import from_flat  # noqa: E402
 from vlsam_ros.core.pipeline import build_pipeline  # noqa: E402
 from vlsam_ros.msg import DetectionArray  # noqa: E402
-from vlsam_ros.node import VlsamNode  # noqa: E402
-from vlsam_ros.parameters import parameter_overrides  # noqa: E402
-from vlsam_ros.tools.make_tiny_models import make_tiny_models, tiny_model_overrides  # noqa: E402
+from vlsam_ros.ros.node import VlsamNode  # noqa: E402
+from vlsam_ros.ros.parameters import parameter_overrides  # noqa: E402
+from vlsam_ros.testing.make_tiny_models import make_tiny_models, tiny_model_overrides  # noqa: E402
 
 WIDTH, HEIGHT = 1600, 900
 CAMERA = "/bench_cam/image_raw"

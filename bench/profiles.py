@@ -5,7 +5,7 @@ frame with tiny random models on this machine.
 
 Each profile's configuration is built exactly as the tools build it (schema defaults ->
 config/vlsam.yaml -> profile overlay), then only the models are swapped for tiny seeded
-random ones (``vlsam_ros.tools.make_tiny_models``): the VLM of the profile's own family
+random ones (``vlsam_ros.testing.make_tiny_models``): the VLM of the profile's own family
 (``llava`` for paper, ``idefics3``/SmolVLM for edge and cpu), MobileSAM ``vit_t`` for every
 profile (a random ViT-H is a 2.5 GB file; no count below depends on the SAM variant, only
 the encoder's time does), ``device=cpu`` and ``float32``. The recipe (views, questions,
@@ -58,7 +58,7 @@ PROFILES = ("default", "edge", "cpu", "paper")   # "default": config/vlsam.yaml 
 def profile_config(profile: str, model_dir: Path):
     """The profile's configuration with its models swapped for the tiny ones."""
     from vlsam_ros.core.config import load_config
-    from vlsam_ros.tools.make_tiny_models import tiny_model_overrides
+    from vlsam_ros.testing.make_tiny_models import tiny_model_overrides
 
     name = None if profile == "default" else profile
     base = load_config(ROOT / "config" / "vlsam.yaml", profile=name)
@@ -239,7 +239,7 @@ def main() -> None:
     from segment import _street_image
 
     from vlsam_ros.core.config import load_config
-    from vlsam_ros.tools.make_tiny_models import make_tiny_models
+    from vlsam_ros.testing.make_tiny_models import make_tiny_models
 
     families = sorted({load_config(None, profile=None if p == "default" else p).vlm.family
                        for p in args.profiles})

@@ -10,10 +10,11 @@ GPU path (documented, NOT run in this project: no GPU was available)::
     .venv/bin/python bench/realsize.py --device cuda --checkpoint llava-hf/llava-1.5-7b-hf \\
         --sam vit_h --dtype float16
 
-Nothing is downloaded: the VLM is ``published_models.build_published_vlm(--checkpoint)`` (the
+Nothing is downloaded: the VLM is ``published_vlms.build_published_vlm(--checkpoint)`` (the
 published architecture from ``published_vlm_configs.json``, random seeded weights, real
 tensors) and SAM is ``segment_anything``'s / MobileSAM's architecture with random weights
-written as a state dict (``segmenter.tiny.save_tiny_sam``) and loaded by ``load_segmenter``.
+written as a state dict (``testing.tiny_segmenters.save_tiny_sam``) and loaded by
+``load_segmenter``.
 
 Fixed generation length: the builder zeroes the LM-head rows of end-of-sequence and of every
 token outside the object vocabulary, so each answer runs exactly ``vlm.max_new_tokens``
@@ -122,10 +123,10 @@ def main(argv=None) -> int:
     from vlsam_ros.core.config import load_config
     from vlsam_ros.core.pipeline import Pipeline
     from vlsam_ros.core.segmenter import load_segmenter
-    from vlsam_ros.core.segmenter.tiny import save_tiny_sam
+    from vlsam_ros.testing.tiny_segmenters import save_tiny_sam
     from vlsam_ros.core.vlm import BACKENDS
-    from vlsam_ros.core.vlm.published_configs import published_checkpoint
-    from vlsam_ros.core.vlm.published_models import build_published_vlm
+    from vlsam_ros.testing.published_configs import published_checkpoint
+    from vlsam_ros.testing.published_vlms import build_published_vlm
 
     ckpt = published_checkpoint(args.checkpoint)
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 For each pipeline, the same N frames (generated street scenes, rgb8 in an mcap bag) go
 through (a) a bare loop of ``pipeline.run(rgb)`` on frames already in memory and (b)
-``vlsam_ros.tools.replay_bag.replay_bag`` (read, decode, run, convert, serialise, write).
+``vlsam_ros.offline.replay.replay_bag.replay_bag`` (read, decode, run, convert, serialise, write).
 Printed: frames/s of both, the overhead per frame = (replay wall - bare wall) / N, and the
 in-run overhead = (replay wall - time spent inside pipeline.run during the replay) / N,
 which does not suffer from load changes between the two runs on a shared machine.
@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from vlsam_ros.core.config import from_flat
-from vlsam_ros.core.coda_dataset import load_coda_dataset, read_frame_rgb
+from vlsam_ros.offline.datasets.coda_dataset import load_coda_dataset, read_frame_rgb
 from vlsam_ros.core.results import Detection, FrameResult
-from vlsam_ros.tools import replay_bag as rb
-from vlsam_ros.tools.dataset_to_bag import dataset_to_bag
-from vlsam_ros.tools.make_demo_dataset import make_demo_dataset
-from vlsam_ros.tools.make_tiny_models import make_tiny_models, tiny_model_overrides
+from vlsam_ros.offline.replay import replay_bag as rb
+from vlsam_ros.offline.datasets.dataset_to_bag import dataset_to_bag
+from vlsam_ros.offline.datasets.make_demo_dataset import make_demo_dataset
+from vlsam_ros.testing.make_tiny_models import make_tiny_models, tiny_model_overrides
 
 
 class NullPipeline:

@@ -139,7 +139,7 @@ def bench_full_recipe(model_dir: Path, device: str, image: np.ndarray, questions
                       frames: int) -> dict:
     from vlsam_ros.core.config import from_flat
     from vlsam_ros.core.pipeline import build_pipeline
-    from vlsam_ros.tools.make_tiny_models import tiny_model_overrides
+    from vlsam_ros.testing.make_tiny_models import tiny_model_overrides
 
     values = tiny_model_overrides(model_dir)
     values.update({"device": device, "ensemble.tiles": True,
@@ -173,7 +173,7 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from vlsam_ros.tools.make_tiny_models import make_tiny_models
+    from vlsam_ros.testing.make_tiny_models import make_tiny_models
 
     torch.manual_seed(0)
     image = _street_image(args.height, args.width, seed=0)

@@ -6,7 +6,7 @@
 Sections (each adds keys to the final JSON line):
 
 * ``rate``: the node (tracking.mode=flow) serving one camera publishing the moving scene
-  (vlsam_ros.synthetic) at 10 Hz for ``--rate-seconds``, discovery = the VL-SAM pipeline
+  (vlsam_ros.testing.synthetic) at 10 Hz for ``--rate-seconds``, discovery = the VL-SAM pipeline
   with the planted VLM slowed to 1 s per call, oracle segmenter. ``follow_rate_ratio`` =
   published frames per second / camera frames per second (target >= 0.95 on this CPU),
   plus the discovery runs and the slot's dropped frames.
@@ -78,10 +78,10 @@ def bench_rate(seconds: float, vlm_delay_s: float = 1.0, rate_hz: float = 10.0) 
     from vlsam_ros.core.config import from_flat
     from vlsam_ros.core.pipeline import Pipeline
     from vlsam_ros.msg import DetectionArray
-    from vlsam_ros.node import VlsamNode
-    from vlsam_ros.parameters import parameter_overrides
-    from vlsam_ros.synthetic.moving_scene import default_moving_scene
-    from vlsam_ros.synthetic.scene_models import SceneOracleSegmenter, ScenePlantedVlm
+    from vlsam_ros.ros.node import VlsamNode
+    from vlsam_ros.ros.parameters import parameter_overrides
+    from vlsam_ros.testing.synthetic.moving_scene import default_moving_scene
+    from vlsam_ros.testing.synthetic.scene_models import SceneOracleSegmenter, ScenePlantedVlm
 
     frames = int(seconds * rate_hz)
     scene = default_moving_scene(min(frames, 120))
@@ -163,8 +163,8 @@ def bench_scene() -> dict:
     from vlsam_ros.core.tracking.metrics import LabelledMasks, score_tracking
     from vlsam_ros.core.tracking.tracker import Tracker
     from vlsam_ros.core.tracking.two_rate import TwoRateSequence
-    from vlsam_ros.synthetic.moving_scene import default_moving_scene, ground_truth
-    from vlsam_ros.synthetic.scene_models import SceneOracleSegmenter, ScenePlantedVlm
+    from vlsam_ros.testing.synthetic.moving_scene import default_moving_scene, ground_truth
+    from vlsam_ros.testing.synthetic.scene_models import SceneOracleSegmenter, ScenePlantedVlm
 
     scene = default_moving_scene()
     cfg = from_flat({"device": "cpu", "tracking.mode": "flow"})
@@ -200,7 +200,7 @@ def bench_scene() -> dict:
 # ---------------------------------------------------------------------------- batch
 
 def _grid_scene(count: int, height: int = 480, width: int = 640):
-    from vlsam_ros.synthetic.moving_scene import CameraMotion, SceneObject, render_scene
+    from vlsam_ros.testing.synthetic.moving_scene import CameraMotion, SceneObject, render_scene
 
     cols = 8
     objects = []
@@ -281,7 +281,7 @@ def bench_memory(repeats: int) -> dict:
     from vlsam_ros.core.tracking.followers import FollowInput
     from vlsam_ros.core.tracking.memory_follower import MemoryFollower, load_video_tracker
     from vlsam_ros.core.tracking.motion import to_grey
-    from vlsam_ros.synthetic.tiny_video_trackers import save_tiny_video_tracker
+    from vlsam_ros.testing.synthetic.tiny_video_trackers import save_tiny_video_tracker
 
     scene = _grid_scene(8)
     with tempfile.TemporaryDirectory() as tmp:
@@ -330,7 +330,7 @@ def bench_discovery(repeats: int) -> dict:
     from vlsam_ros.core.pipeline import build_pipeline
     from vlsam_ros.core.tracking.followers import FlowFollower, FollowInput
     from vlsam_ros.core.tracking.motion import to_grey
-    from vlsam_ros.tools.make_tiny_models import make_tiny_models
+    from vlsam_ros.testing.make_tiny_models import make_tiny_models
 
     scene = _grid_scene(8)
     prev, cur = scene.frames

@@ -79,7 +79,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     ``llava/`` (Hugging Face save_pretrained: weights, config, tokenizer, processor) and
     ``sam_vit_t.pt`` (a MobileSAM state dict).
     """
-    from vlsam_ros.tools.make_tiny_models import make_tiny_models
+    from vlsam_ros.testing.make_tiny_models import make_tiny_models
 
     out = tmp_path_factory.mktemp("tiny_models")
     make_tiny_models(out, families=("llava",), sam_types=("vit_t",), seed=0)
@@ -89,7 +89,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_config(tiny_model_dir):
     """Factory: a CPU VlsamConfig pointing at the tiny models, with dotted overrides."""
-    from vlsam_ros.tools.make_tiny_models import tiny_model_overrides
+    from vlsam_ros.testing.make_tiny_models import tiny_model_overrides
     from vlsam_ros.core.config import from_flat
 
     def make(**overrides):

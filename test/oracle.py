@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from vlsam_ros.core.config import AttentionConfig, SamConfig, VlmConfig
-from vlsam_ros.core.evaluation import class_agnostic_recall, detection_to_coco, load_ground_truth
+from vlsam_ros.offline.evaluation.coda_recall import (class_agnostic_recall, detection_to_coco,
+                                                     load_ground_truth)
 from vlsam_ros.core.results import FrameResult, ObjectName, VlmAnswer
 from vlsam_ros.core.segmenter.base import LOW_RES_MASK_SIZE, SegmentationBatch
 

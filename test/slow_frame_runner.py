@@ -18,9 +18,9 @@ import time
 
 def main() -> int:
     stage, delay = sys.argv[1], float(sys.argv[2])
-    from vlsam_ros import node as node_module
+    from vlsam_ros.ros import node as node_module
     from vlsam_ros.core.pipeline import build_pipeline
-    from vlsam_ros.tools.run_node import main as run_node_main
+    from vlsam_ros.ros.run_node import main as run_node_main
 
     entered: list[int] = []
 
@@ -54,6 +54,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from vlsam_ros.spin import exit_process
+    from vlsam_ros.ros.spin import exit_process
 
     exit_process(main())  # as the vlsam-node-runner command does (console_main)

@@ -19,7 +19,7 @@ import torch
 from vlsam_ros.core.config import from_flat
 from vlsam_ros.core.results import ObjectName
 from vlsam_ros.core.vlm import BACKENDS, hf_backend
-from vlsam_ros.core.vlm.tiny import FAMILIES, build_tiny_vlm
+from vlsam_ros.testing.tiny_vlm import FAMILIES, build_tiny_vlm
 
 QUESTION = "Describe this driving scene."
 PLANT_GAIN = 8.0       # |q| = |k| = 8: logit 64 / sqrt(d) dwarfs the tiny models' logits

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from vlsam_ros.conversions import (
+from vlsam_ros.ros.conversions import (
     MessageTypes,
     decode_image_msg,
     detection_to_msg,
@@ -67,7 +67,7 @@ def make_result() -> FrameResult:
 
 @pytest.fixture(scope="module")
 def typestore():
-    from vlsam_ros.bag_io import vlsam_typestore
+    from vlsam_ros.offline.replay.bag_io import vlsam_typestore
     return vlsam_typestore()
 
 

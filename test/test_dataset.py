@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from vlsam_ros.bag_io import FRAME_INDEX_KEY, open_reader, read_custom_data, vlsam_typestore
-from vlsam_ros.core import coda_dataset as cd
-from vlsam_ros.tools.dataset_to_bag import dataset_to_bag, main as dataset_to_bag_main
-from vlsam_ros.tools.make_demo_dataset import make_demo_dataset
+from vlsam_ros.offline.replay.bag_io import (FRAME_INDEX_KEY, open_reader, read_custom_data,
+                                             vlsam_typestore)
+from vlsam_ros.offline.datasets import coda_dataset as cd
+from vlsam_ros.offline.datasets.dataset_to_bag import dataset_to_bag, main as dataset_to_bag_main
+from vlsam_ros.offline.datasets.make_demo_dataset import make_demo_dataset
 
 NUM_FRAMES = 6
 

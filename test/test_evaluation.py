@@ -13,9 +13,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from vlsam_ros.core import evaluation as ev
-from vlsam_ros.core import lvis_evaluation as lvis
-from vlsam_ros.core import text_encoders as te
+from vlsam_ros.offline.evaluation import coda_recall as ev
+from vlsam_ros.offline.evaluation import lvis_ap as lvis
+from vlsam_ros.offline.evaluation import text_encoders as te
 
 CODA_CATEGORIES = [
     {"id": 1, "name": "pedestrian", "supercategory": "common"},

@@ -8,12 +8,12 @@ import json
 import pytest
 
 from test_evaluation_tool import CFG, OraclePipeline
-from vlsam_ros.core import coda_dataset as cd
-from vlsam_ros.core.evaluation import EvaluationInputError
-from vlsam_ros.tools import evaluate as ev_tool
-from vlsam_ros.tools import replay_bag as rb
-from vlsam_ros.tools.dataset_to_bag import dataset_to_bag
-from vlsam_ros.tools.make_demo_dataset import make_demo_dataset
+from vlsam_ros.offline.datasets import coda_dataset as cd
+from vlsam_ros.offline.evaluation.coda_recall import EvaluationInputError
+from vlsam_ros.offline.evaluation import evaluate as ev_tool
+from vlsam_ros.offline.replay import replay_bag as rb
+from vlsam_ros.offline.datasets.dataset_to_bag import dataset_to_bag
+from vlsam_ros.offline.datasets.make_demo_dataset import make_demo_dataset
 
 
 @pytest.fixture(scope="module")

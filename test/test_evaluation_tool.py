@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from vlsam_ros.core import coda_dataset as cd
+from vlsam_ros.offline.datasets import coda_dataset as cd
 from vlsam_ros.core.config import from_flat
 from vlsam_ros.core.masks import box_from_mask
 from vlsam_ros.core.results import Detection, FrameResult
-from vlsam_ros.tools import evaluate as ev_tool
-from vlsam_ros.tools import replay_bag as rb
-from vlsam_ros.tools.dataset_to_bag import dataset_to_bag
-from vlsam_ros.tools.make_demo_dataset import CATEGORIES, make_demo_dataset
+from vlsam_ros.offline.evaluation import evaluate as ev_tool
+from vlsam_ros.offline.replay import replay_bag as rb
+from vlsam_ros.offline.datasets.dataset_to_bag import dataset_to_bag
+from vlsam_ros.offline.datasets.make_demo_dataset import CATEGORIES, make_demo_dataset
 
 CFG = from_flat({"device": "cpu", "cameras": ["/cam_front/image_raw"]})
 

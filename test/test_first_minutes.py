@@ -19,7 +19,7 @@ from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 
 from test_replay import write_image_bag  # noqa: E402
-from vlsam_ros.diagnostics import (CameraCounts, CameraReport, CameraStats,  # noqa: E402
+from vlsam_ros.ros.diagnostics import (CameraCounts, CameraReport, CameraStats,  # noqa: E402
                                    camera_status, rate_line)
 
 pytestmark = pytest.mark.ros
@@ -111,7 +111,7 @@ def _runner(args: list[str], tiny, env_extra: dict | None = None) -> str:
                        "vlm.dtype": "float32", "sam.checkpoint": str(tiny / "sam_vit_t.pt"),
                        }.items():
         flags += ["--set", f"{key}={value}"]
-    result = subprocess.run([sys.executable, "-m", "vlsam_ros.tools.run_node", *flags, *args],
+    result = subprocess.run([sys.executable, "-m", "vlsam_ros.ros.run_node", *flags, *args],
                             env={**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})},
                             capture_output=True, text=True, timeout=180)
     return result.stdout + result.stderr
@@ -138,7 +138,7 @@ def test_replay_logs_each_skip_once(tmp_path):
         import vlsam_ros.core.pipeline as p
         from test_replay import BrightestBlobPipeline
         p.build_pipeline = lambda cfg: BrightestBlobPipeline()
-        from vlsam_ros.tools.replay_bag import main
+        from vlsam_ros.offline.replay.replay_bag import main
         sys.exit(main([{str(tmp_path / 'in')!r}, {str(tmp_path / 'out')!r},
                        "--set", "device=cpu"]))
     """)

@@ -17,11 +17,11 @@ from vlsam_ros.core.config import ConfigError, VlmConfig, from_flat, parse_grid_
 from vlsam_ros.core.errors import AttentionUnavailableError
 from vlsam_ros.core.vlm import BACKENDS, hf_backend, layouts
 from vlsam_ros.core.vlm.image_fit import ImageFit, fit_processor, visible_fraction
-from vlsam_ros.core.vlm.published_configs import (build_published_processor,
+from vlsam_ros.testing.published_configs import (build_published_processor,
                                                   image_token_table_markdown,
                                                   measure_image_tokens, published_checkpoint,
                                                   published_checkpoints, sources)
-from vlsam_ros.core.vlm.tiny import build_tiny_tokenizer, build_tiny_vlm
+from vlsam_ros.testing.tiny_vlm import build_tiny_tokenizer, build_tiny_vlm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -28,8 +28,8 @@ from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from ros_harness import ros_session  # noqa: E402
-from vlsam_ros.node import VlsamNode  # noqa: E402
-from vlsam_ros.parameters import parameter_overrides  # noqa: E402
+from vlsam_ros.ros.node import VlsamNode  # noqa: E402
+from vlsam_ros.ros.parameters import parameter_overrides  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -142,7 +142,7 @@ def test_sigint_during_a_long_frame_ends_the_process_promptly(stage, tiny_model_
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from vlsam_ros.tools.make_tiny_models import tiny_model_overrides
+    from vlsam_ros.testing.make_tiny_models import tiny_model_overrides
 
     delay, extra, where = SLOW_STAGES[stage]
     camera = f"/slow_{stage}/image_raw"

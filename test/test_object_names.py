@@ -21,7 +21,7 @@ from vlsam_ros.core.errors import ModelNotFoundError, SpacyModelNotFoundError
 from vlsam_ros.core.vlm import object_names
 from vlsam_ros.core.vlm.object_names import (extract_object_names, object_mentions,
                                              parse_object_names, token_char_spans)
-from vlsam_ros.core.vlm.tiny import build_tiny_tokenizer
+from vlsam_ros.testing.tiny_vlm import build_tiny_tokenizer
 
 CORPUS_PATH = Path(__file__).parent / "data" / "object_name_corpus.yaml"
 STYLES = ("llava15", "llava_next", "qwen2_vl", "smolvlm")

@@ -20,7 +20,7 @@ import torch
 from vlsam_ros.core.config import from_flat
 from vlsam_ros.core.results import ObjectName
 from vlsam_ros.core.vlm import BACKENDS, hf_backend, prefix_sharing
-from vlsam_ros.core.vlm.tiny import FAMILIES, build_tiny_vlm
+from vlsam_ros.testing.tiny_vlm import FAMILIES, build_tiny_vlm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

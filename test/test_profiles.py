@@ -186,7 +186,7 @@ def test_write_params_yaml_with_a_profile(tmp_path):
 
 
 def test_runner_rejects_an_unknown_profile_before_starting_ros(capsys):
-    from vlsam_ros.tools.run_node import main
+    from vlsam_ros.ros.run_node import main
 
     assert main(["--profile", "nope"]) == 2
     err = capsys.readouterr().err
@@ -199,9 +199,9 @@ def test_runner_layers_params_file_profile_and_set(tmp_path, monkeypatch):
     pytest.importorskip("rclpy")
     import rclpy
 
-    import vlsam_ros.node
-    import vlsam_ros.spin
-    from vlsam_ros.tools.run_node import main
+    import vlsam_ros.ros.node
+    import vlsam_ros.ros.spin
+    from vlsam_ros.ros.run_node import main
 
     started = {}
 
@@ -217,8 +217,8 @@ def test_runner_layers_params_file_profile_and_set(tmp_path, monkeypatch):
         rclpy.try_shutdown()
         return 0
 
-    monkeypatch.setattr(vlsam_ros.node, "VlsamNode", FakeNode)
-    monkeypatch.setattr(vlsam_ros.spin, "spin_until_shutdown", fake_spin)
+    monkeypatch.setattr(vlsam_ros.ros.node, "VlsamNode", FakeNode)
+    monkeypatch.setattr(vlsam_ros.ros.spin, "spin_until_shutdown", fake_spin)
     params = _write_params(tmp_path / "params.yaml",
                            "prompts:\n  threshold: 0.3\nensemble:\n  num_questions: 4")
     assert main(["--params-file", str(params), "--profile", "paper", "--set",
@@ -234,7 +234,7 @@ def test_runner_layers_params_file_profile_and_set(tmp_path, monkeypatch):
 def test_replay_bag_takes_the_profile(tmp_path, monkeypatch, capsys):
     import vlsam_ros.core.pipeline as pipeline
     from vlsam_ros.core.errors import VlsamError
-    from vlsam_ros.tools import replay_bag as rb
+    from vlsam_ros.offline.replay import replay_bag as rb
 
     seen = {}
 
@@ -364,7 +364,7 @@ def test_ros_applies_the_later_parameter_file_over_the_earlier(tmp_path):
 # ---------------------------------------------------------------- end to end, tiny models
 
 def _tiny_profile_config(profile: str, model_dir: Path, family: str):
-    from vlsam_ros.tools.make_tiny_models import tiny_model_overrides
+    from vlsam_ros.testing.make_tiny_models import tiny_model_overrides
 
     tiny = tiny_model_overrides(model_dir, family=family, sam_type="vit_t")
     return load_config(DEFAULT_PARAMS, tiny, profile=profile)
@@ -408,7 +408,7 @@ def test_the_paper_profile_runs_end_to_end_with_tiny_models(tiny_model_dir):
 @pytest.mark.usefixtures("one_torch_thread")
 def test_the_cpu_profile_runs_end_to_end_with_tiny_models(tiny_model_dir, tmp_path):
     """The newcomer's profile: SmolVLM's architecture (idefics3) + MobileSAM on the CPU."""
-    from vlsam_ros.tools.make_tiny_models import make_tiny_models
+    from vlsam_ros.testing.make_tiny_models import make_tiny_models
 
     make_tiny_models(tmp_path, families=("idefics3",), sam_types=())
     (tmp_path / "sam_vit_t.pt").symlink_to(tiny_model_dir / "sam_vit_t.pt")

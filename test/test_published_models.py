@@ -8,10 +8,10 @@ import torch
 
 from vlsam_ros.core.config import from_flat
 from vlsam_ros.core.vlm import BACKENDS, load_vlm
-from vlsam_ros.core.vlm.published_configs import published_checkpoint, published_checkpoints
-from vlsam_ros.core.vlm.published_models import (build_published_vlm, published_model_config,
+from vlsam_ros.testing.published_configs import published_checkpoint, published_checkpoints
+from vlsam_ros.testing.published_vlms import (build_published_vlm, published_model_config,
                                                  save_published_vlm)
-from vlsam_ros.core.vlm.tiny import build_tiny_tokenizer
+from vlsam_ros.testing.tiny_vlm import build_tiny_tokenizer
 
 SMALLEST = "HuggingFaceTB/SmolVLM-256M-Instruct"
 # Config keys that hold token ids: remapped to the tiny tokenizer's ids on purpose.

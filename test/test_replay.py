@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, FRAME_INDEX_KEY, BagError, open_reader, \
-    open_writer, read_custom_data, vlsam_typestore
+from vlsam_ros.offline.replay.bag_io import (DETECTION_ARRAY_TYPE, FRAME_INDEX_KEY, BagError,
+                                             open_reader, open_writer, read_custom_data,
+                                             vlsam_typestore)
 from vlsam_ros.core.config import from_flat
 from vlsam_ros.core.results import Detection, FrameResult
-from vlsam_ros.tools import replay_bag as rb
+from vlsam_ros.offline.replay import replay_bag as rb
 
 TOPIC = "/cam_front/image_raw"
 OUT_TOPIC = "/cam_front/vlsam/detections"
@@ -264,7 +265,7 @@ def test_rosbags_detection_array_bytes_equal_rclpy():
     from rclpy.serialization import serialize_message
     from std_msgs.msg import Header
 
-    from vlsam_ros.detection_messages import MessageTypes, frame_result_to_msg
+    from vlsam_ros.ros.detection_messages import MessageTypes, frame_result_to_msg
 
     store = vlsam_typestore()
     result = BrightestBlobPipeline().run(frame_rgb(3))
@@ -284,7 +285,7 @@ def test_rosbags_detection_array_bytes_equal_rclpy():
 
 def test_registered_type_hash_equals_rosidl():
     """rosbags' RIHS01 of DetectionArray equals the hash rosidl generated at build time."""
-    from vlsam_ros.bag_io import msg_dir
+    from vlsam_ros.offline.replay.bag_io import msg_dir
 
     share = Path(__file__).resolve().parents[1] / "install" / "vlsam_ros" / "share" / \
         "vlsam_ros" / "msg" / "DetectionArray.json"

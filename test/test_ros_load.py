@@ -30,8 +30,8 @@ from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from ros_harness import (Collector, SlotEventLog, ros_session, start_publisher,  # noqa: E402
                          stamp_ns)
 from vlsam_ros.msg import DetectionArray  # noqa: E402
-from vlsam_ros.node import VlsamNode  # noqa: E402
-from vlsam_ros.parameters import parameter_overrides  # noqa: E402
+from vlsam_ros.ros.node import VlsamNode  # noqa: E402
+from vlsam_ros.ros.parameters import parameter_overrides  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

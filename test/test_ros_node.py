@@ -36,8 +36,8 @@ from ros_harness import (Collector, SlotEventLog, published_frames, ros_session,
                          start_publisher, stamp_ns)
 from vlsam_ros.core.pipeline import build_pipeline  # noqa: E402
 from vlsam_ros.msg import DetectionArray  # noqa: E402
-from vlsam_ros.node import VlsamNode  # noqa: E402
-from vlsam_ros.parameters import parameter_overrides  # noqa: E402
+from vlsam_ros.ros.node import VlsamNode  # noqa: E402
+from vlsam_ros.ros.parameters import parameter_overrides  # noqa: E402
 from vlsam_ros.tools.write_params_yaml import params_yaml  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -71,7 +71,7 @@ def test_runner_publishes_source_stamp_and_frame_id(tiny_config, tmp_path):
                "/e2e_jpeg/vlsam/detections"]
     log = tmp_path / "published.jsonl"
     runner = subprocess.Popen(
-        [sys.executable, "-m", "vlsam_ros.tools.run_node", "--params-file", str(params),
+        [sys.executable, "-m", "vlsam_ros.ros.run_node", "--params-file", str(params),
          "--set", "node.diagnostics_period_s=0.5"],
         env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     publisher = None
@@ -345,7 +345,7 @@ def _wait_threads(baseline: set[threading.Thread], timeout_s: float = 10.0) -> s
 
 def test_lifecycle_cycle_leaks_nothing_and_parameters_apply(tiny_config, tmp_path,
                                                             monkeypatch):
-    import vlsam_ros.node as node_module
+    import vlsam_ros.ros.node as node_module
 
     overlays_built = []
     real_overlay = node_module.overlay_msg
@@ -501,7 +501,7 @@ def test_spin_until_shutdown_stops_cleanly_on_sigint(tiny_config):
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
-    from vlsam_ros.spin import spin_until_shutdown
+    from vlsam_ros.ros.spin import spin_until_shutdown
 
     cfg = tiny_config(cameras=["/sig_cam/image_raw"])
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)

@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from vlsam_ros.camera_topics import all_camera_topics, camera_topics
+from vlsam_ros.ros.camera_topics import all_camera_topics, camera_topics
 from vlsam_ros.core.config import (ConfigError, VlsamConfig, from_flat, parameters_from_yaml,
                                    schema)
-from vlsam_ros.latest_frame_slot import FrameSlots, LatestFrameSlot
+from vlsam_ros.ros.latest_frame_slot import FrameSlots, LatestFrameSlot
 from vlsam_ros.tools.write_params_yaml import params_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -158,8 +158,8 @@ def test_parameters_are_declared_from_the_schema():
     from rclpy.context import Context
     from rclpy.parameter import Parameter
 
-    from vlsam_ros.node import VlsamNode
-    from vlsam_ros.parameters import config_from_parameters
+    from vlsam_ros.ros.node import VlsamNode
+    from vlsam_ros.ros.parameters import config_from_parameters
 
     context = Context()
     rclpy.init(context=context)
@@ -188,7 +188,7 @@ def test_parameters_are_declared_from_the_schema():
 # ---------------------------------------------------------------- runner
 
 def test_runner_rejects_an_invalid_configuration_before_starting_ros(capsys):
-    from vlsam_ros.tools.run_node import main
+    from vlsam_ros.ros.run_node import main
 
     assert main(["--set", "prompts.threshold=5"]) == 2
     assert "prompts.threshold" in capsys.readouterr().err
@@ -197,7 +197,7 @@ def test_runner_rejects_an_invalid_configuration_before_starting_ros(capsys):
 
 def test_runner_passes_ros_own_parameters_through():
     pytest.importorskip("rclpy")
-    from vlsam_ros.tools.run_node import split_ros_parameters
+    from vlsam_ros.ros.run_node import split_ros_parameters
 
     schema_values, ros_values = split_ros_parameters(
         {"use_sim_time": True, "qos_overrides./x.subscription.depth": 3, "device": "cpu"})
@@ -224,7 +224,7 @@ def test_launch_file_declares_documented_arguments():
 def test_malloc_arena_limit():
     import sys
 
-    from vlsam_ros.process_memory import limit_malloc_arenas
+    from vlsam_ros.ros.process_memory import limit_malloc_arenas
 
     assert limit_malloc_arenas(0) is False  # 0 keeps glibc's default
     with pytest.raises(ValueError):
@@ -241,7 +241,7 @@ def test_malloc_trim_returns_freed_heap_memory():
     """Blocks freed below the heap's top stay resident until malloc_trim hands them back."""
     import psutil
 
-    from vlsam_ros.process_memory import trim_free_memory
+    from vlsam_ros.ros.process_memory import trim_free_memory
 
     block = 100 * 1024                       # below glibc's mmap threshold: heap memory
     count = 1500                             # ~150 MB

@@ -10,7 +10,7 @@ from vlsam_ros.core.config import SamConfig, from_flat
 from vlsam_ros.core.errors import DeviceUnavailableError, ModelNotFoundError
 from vlsam_ros.core.segmenter import load_segmenter
 from vlsam_ros.core.segmenter.sam_adapter import SAM_VARIANTS, build_sam_model
-from vlsam_ros.core.segmenter.tiny import save_tiny_sam
+from vlsam_ros.testing.tiny_segmenters import save_tiny_sam
 
 
 def _cfg(checkpoint, sam_type="vit_t", **extra):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from vlsam_ros.core import text_encoders as te
+from vlsam_ros.offline.evaluation import text_encoders as te
 from vlsam_ros.core.errors import ModelNotFoundError
 
 # A small COCO/LVIS-like vocabulary (names as LVIS writes them).
@@ -88,7 +88,7 @@ def test_a_non_mean_pooling_folder_is_refused(tmp_path):
 
 def test_evaluate_cli_defaults_to_minilm_and_maps_missing_package_to_one_line(monkeypatch,
                                                                                tmp_path, capsys):
-    from vlsam_ros.tools import evaluate as ev_tool
+    from vlsam_ros.offline.evaluation import evaluate as ev_tool
 
     gt = {"images": [{"id": 1, "width": 8, "height": 8}],
           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 3, 3],
@@ -110,7 +110,7 @@ def test_offline_from_the_start_of_the_process():
     import os
     import subprocess
 
-    code = ("from vlsam_ros.core import text_encoders as te\n"
+    code = ("from vlsam_ros.offline.evaluation import text_encoders as te\n"
             "cats = [{'id': i, 'name': n} for i, n in enumerate(['person', 'bicycle', 'car', "
             "'truck', 'dog', 'traffic_cone'])]\n"
             "m = te.map_labels_to_categories(['puppy', 'lorry', 'cyclist', 'pedestrian'], cats, "

@@ -17,17 +17,17 @@ import pytest
 
 from test_replay import write_image_bag
 from vlsam_ros.tools.cli import STAGING_PREFIX, options_without_help
-from vlsam_ros.tools.make_demo_dataset import make_demo_dataset
+from vlsam_ros.offline.datasets.make_demo_dataset import make_demo_dataset
 
-TOOLS = {
-    "vlsam-node-runner": "run_node",
-    "vlsam-replay-bag": "replay_bag",
-    "vlsam-evaluate": "evaluate",
-    "vlsam-dataset-to-bag": "dataset_to_bag",
-    "vlsam-make-tiny-models": "make_tiny_models",
-    "vlsam-write-params-yaml": "write_params_yaml",
-    "vlsam-make-demo-dataset": "make_demo_dataset",
-    "vlsam-demo": "demo",
+TOOLS = {  # command -> module
+    "vlsam-node-runner": "vlsam_ros.ros.run_node",
+    "vlsam-replay-bag": "vlsam_ros.offline.replay.replay_bag",
+    "vlsam-evaluate": "vlsam_ros.offline.evaluation.evaluate",
+    "vlsam-dataset-to-bag": "vlsam_ros.offline.datasets.dataset_to_bag",
+    "vlsam-make-tiny-models": "vlsam_ros.testing.make_tiny_models",
+    "vlsam-write-params-yaml": "vlsam_ros.tools.write_params_yaml",
+    "vlsam-make-demo-dataset": "vlsam_ros.offline.datasets.make_demo_dataset",
+    "vlsam-demo": "vlsam_ros.offline.demo",
 }
 UNWRITABLE = "/proc/vlsam_out"  # a file system where nothing can be created, even by root
 
@@ -35,7 +35,7 @@ UNWRITABLE = "/proc/vlsam_out"  # a file system where nothing can be created, ev
 def run(tool: str, args: list[str], cwd: Path, timeout: float = 180.0
         ) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", f"vlsam_ros.tools.{TOOLS[tool]}", *args],
+    return subprocess.run([sys.executable, "-m", TOOLS[tool], *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -203,7 +203,7 @@ def test_bad_input_gives_code_one_line_and_no_output(tool, args, code, message, 
 def test_every_option_of_every_tool_has_help(tool):
     import importlib
 
-    module = importlib.import_module(f"vlsam_ros.tools.{TOOLS[tool]}")
+    module = importlib.import_module(TOOLS[tool])
     parser = module.build_parser()
     assert parser.prog == tool
     assert options_without_help(parser) == []
@@ -243,7 +243,7 @@ def _wait_for(predicate, timeout_s: float) -> bool:
 
 
 def test_interrupted_demo_dataset_leaves_nothing(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "vlsam_ros.tools.make_demo_dataset",
+    proc = subprocess.Popen([sys.executable, "-m", "vlsam_ros.offline.datasets.make_demo_dataset",
                              str(tmp_path / "ds"), "--frames", "100000"], cwd=tmp_path,
                             env=os.environ.copy(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -261,7 +261,7 @@ def test_interrupted_demo_dataset_leaves_nothing(tmp_path):
 
 def test_interrupted_replay_keeps_a_labelled_partial_bag(tmp_path, tiny_model_dir):
     write_image_bag(tmp_path / "in", 40)
-    proc = subprocess.Popen([sys.executable, "-m", "vlsam_ros.tools.replay_bag",
+    proc = subprocess.Popen([sys.executable, "-m", "vlsam_ros.offline.replay.replay_bag",
                              str(tmp_path / "in"), str(tmp_path / "out"), "--no-progress",
                              *tiny_flags(tiny_model_dir)], cwd=tmp_path,
                             env={**os.environ, "OMP_NUM_THREADS": "1"},

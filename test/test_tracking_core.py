@@ -22,8 +22,8 @@ from vlsam_ros.core.tracking.motion import (FlowSettings, carry_mask, estimate_m
 from vlsam_ros.core.tracking.tracker import Tracker
 from vlsam_ros.core.tracking.tracks import Track, TrackIdSource
 from vlsam_ros.core.tracking.two_rate import TwoRateSequence
-from vlsam_ros.synthetic.moving_scene import default_moving_scene, ground_truth
-from vlsam_ros.synthetic.scene_models import SceneOracleSegmenter, ScenePlantedVlm
+from vlsam_ros.testing.synthetic.moving_scene import default_moving_scene, ground_truth
+from vlsam_ros.testing.synthetic.scene_models import SceneOracleSegmenter, ScenePlantedVlm
 
 CFG = TrackingConfig(mode="flow")
 SETTINGS = FlowSettings.from_config(CFG)

@@ -9,12 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from vlsam_ros.conversions import (MessageTypes, detection_to_msg,
+from vlsam_ros.ros.conversions import (MessageTypes, detection_to_msg,
                                    frame_result_to_detection2d_array, frame_result_to_msg,
                                    msg_to_dicts, msg_to_frame_result)
 from vlsam_ros.core.masks import box_from_mask
 from vlsam_ros.core.results import Detection, FrameResult
-from vlsam_ros.visualization import detection_colour, draw_overlay, label_text
+from vlsam_ros.ros.visualization import detection_colour, draw_overlay, label_text
 
 H, W = 20, 30
 
@@ -28,7 +28,7 @@ def _det(label, score, rows, track_id=0, label_stamp_ns=None):
 
 @pytest.fixture(scope="module")
 def typestore():
-    from vlsam_ros.bag_io import vlsam_typestore
+    from vlsam_ros.offline.replay.bag_io import vlsam_typestore
     return vlsam_typestore()
 
 
@@ -114,7 +114,7 @@ def test_markers_colour_follows_the_track_id():
     pytest.importorskip("vlsam_ros.msg")
     from std_msgs.msg import Header
 
-    from vlsam_ros.visualization import markers_msg
+    from vlsam_ros.ros.visualization import markers_msg
 
     result = FrameResult((_det("dog", 0.95, slice(10, 15), 3), _det("car", 0.2, slice(0, 5), 7)),
                          "", 0, 0, 0, discovery=False)

@@ -10,12 +10,12 @@ from vlsam_ros.core.config import SamConfig, from_flat
 from vlsam_ros.core.pipeline import Pipeline
 from vlsam_ros.core.segmenter import load_segmenter
 from vlsam_ros.core.segmenter.sam_adapter import SamSegmenter, build_sam_model
-from vlsam_ros.core.segmenter.tiny import save_tiny_sam
+from vlsam_ros.testing.tiny_segmenters import save_tiny_sam
 from vlsam_ros.core.tracking.followers import FlowFollower
 from vlsam_ros.core.tracking.tracker import Tracker
 from vlsam_ros.core.tracking.two_rate import TwoRateSequence
-from vlsam_ros.synthetic.moving_scene import default_moving_scene
-from vlsam_ros.synthetic.scene_models import ScenePlantedVlm
+from vlsam_ros.testing.synthetic.moving_scene import default_moving_scene
+from vlsam_ros.testing.synthetic.scene_models import ScenePlantedVlm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -102,7 +102,7 @@ FAMILIES = ("sam2", "edgetam", "sam3")
 
 @pytest.fixture(scope="module")
 def video_tracker_dirs(tmp_path_factory):
-    from vlsam_ros.synthetic.tiny_video_trackers import save_tiny_video_tracker
+    from vlsam_ros.testing.synthetic.tiny_video_trackers import save_tiny_video_tracker
 
     root = tmp_path_factory.mktemp("video_trackers")
     return {f: save_tiny_video_tracker(f, root / f, seed=0) for f in FAMILIES}
@@ -196,7 +196,7 @@ def test_memory_tracking_end_to_end_keeps_ids_and_shapes(video_tracker_dirs, sce
     from vlsam_ros.core.tracking.factory import build_follower
     from vlsam_ros.core.tracking.memory_follower import load_video_tracker
     from vlsam_ros.core.tracking.two_rate import OfflineTracking
-    from vlsam_ros.synthetic.scene_models import SceneOracleSegmenter
+    from vlsam_ros.testing.synthetic.scene_models import SceneOracleSegmenter
 
     for family in FAMILIES:
         keep = {**KEEP_TRACKS, "tracking.min_discovery_score": 0.1}   # (oracle discovery)

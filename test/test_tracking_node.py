@@ -25,10 +25,10 @@ from ros_harness import Collector, ros_session, stamp_ns  # noqa: E402
 from vlsam_ros.core.config import from_flat  # noqa: E402
 from vlsam_ros.core.pipeline import Pipeline  # noqa: E402
 from vlsam_ros.msg import DetectionArray  # noqa: E402
-from vlsam_ros.node import VlsamNode  # noqa: E402
-from vlsam_ros.parameters import parameter_overrides  # noqa: E402
-from vlsam_ros.synthetic.moving_scene import default_moving_scene  # noqa: E402
-from vlsam_ros.synthetic.scene_models import SceneOracleSegmenter, ScenePlantedVlm  # noqa: E402
+from vlsam_ros.ros.node import VlsamNode  # noqa: E402
+from vlsam_ros.ros.parameters import parameter_overrides  # noqa: E402
+from vlsam_ros.testing.synthetic.moving_scene import default_moving_scene  # noqa: E402
+from vlsam_ros.testing.synthetic.scene_models import SceneOracleSegmenter, ScenePlantedVlm  # noqa: E402
 
 pytestmark = pytest.mark.ros
 

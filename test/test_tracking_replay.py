@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, FRAME_INDEX_KEY, open_writer, vlsam_typestore
+from vlsam_ros.offline.replay.bag_io import (DETECTION_ARRAY_TYPE, FRAME_INDEX_KEY, open_writer,
+                                             vlsam_typestore)
 from vlsam_ros.core.config import from_flat
 from vlsam_ros.core.pipeline import Pipeline
-from vlsam_ros.synthetic.moving_scene import default_moving_scene
-from vlsam_ros.synthetic.scene_models import SceneOracleSegmenter, ScenePlantedVlm
-from vlsam_ros.tools import replay_bag as rb
+from vlsam_ros.testing.synthetic.moving_scene import default_moving_scene
+from vlsam_ros.testing.synthetic.scene_models import SceneOracleSegmenter, ScenePlantedVlm
+from vlsam_ros.offline.replay import replay_bag as rb
 from test_replay import assert_same_bytes, read_topic, stamp_ns
 
 TOPIC = "/cam_front/image_raw"
@@ -106,7 +107,7 @@ def test_replay_with_tracking_and_the_real_tiny_models_is_byte_identical(tmp_pat
 def test_replay_with_memory_tracking_loads_the_video_tracker(tmp_path):
     """tracking.mode=memory through the replay tool's own loading path (a tiny SAM 2
     video tracker with random weights, saved like a checkpoint): byte-identical bags."""
-    from vlsam_ros.synthetic.tiny_video_trackers import save_tiny_video_tracker
+    from vlsam_ros.testing.synthetic.tiny_video_trackers import save_tiny_video_tracker
 
     scene = default_moving_scene(4)
     write_scene_bag(tmp_path / "in", scene.frames)

@@ -11,8 +11,8 @@ import pytest
 
 from test_replay import (CFG, OUT_TOPIC, QUIET, BrightestBlobPipeline, read_topic, stamp_ns,
                          write_image_bag)
-from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, open_reader, vlsam_typestore
-from vlsam_ros.tools import replay_bag as rb
+from vlsam_ros.offline.replay.bag_io import DETECTION_ARRAY_TYPE, open_reader, vlsam_typestore
+from vlsam_ros.offline.replay import replay_bag as rb
 
 TOPIC = "/cam_front/image_raw"
 

@@ -14,8 +14,8 @@ from std_msgs.msg import Header
 from vlsam_ros.core.config import NodeConfig
 from vlsam_ros.core.masks import box_from_mask
 from vlsam_ros.core.results import Detection, FrameResult
-from vlsam_ros.image_decoding import image_to_rgb
-from vlsam_ros.visualization import (
+from vlsam_ros.ros.image_decoding import image_to_rgb
+from vlsam_ros.ros.visualization import (
     MARKER_NAMESPACES,
     detection_colour,
     draw_overlay,

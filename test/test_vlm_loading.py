@@ -10,7 +10,7 @@ from vlsam_ros.core.config import from_flat
 from vlsam_ros.core.errors import (DeviceUnavailableError, InvalidImageError,
                                    ModelNotFoundError)
 from vlsam_ros.core.vlm import BACKENDS, load_vlm
-from vlsam_ros.core.vlm.tiny import FAMILIES, build_tiny_vlm, save_tiny_vlm
+from vlsam_ros.testing.tiny_vlm import FAMILIES, build_tiny_vlm, save_tiny_vlm
 
 QUESTIONS = ["Describe this driving scene.", "List every object."]
 

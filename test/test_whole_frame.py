@@ -1,7 +1,7 @@
 """The whole camera frame reaches the VLM, for every family, at the published processor sizes.
 
 Each published checkpoint's real transformers processor is built from
-``vlsam_ros/core/vlm/data/published_vlm_configs.json`` (tokenizer: the family's tiny one, which
+``vlsam_ros/testing/data/published_vlm_configs.json`` (tokenizer: the family's tiny one, which
 spells the same special tokens) and fitted by ``image_fit`` as the backend does. A small
 white square is drawn on a black frame (1600x900 nuScenes-like, 1242x375 KITTI-like) at each
 corner and at the left and right edge (mid-height). Without any model weights:
@@ -31,9 +31,9 @@ from vlsam_ros.core import attention
 from vlsam_ros.core.config import VlmConfig
 from vlsam_ros.core.vlm import layouts
 from vlsam_ros.core.vlm.image_fit import ImageFit, fit_processor, visible_fraction
-from vlsam_ros.core.vlm.published_configs import (build_published_processor,
+from vlsam_ros.testing.published_configs import (build_published_processor,
                                                   published_checkpoints)
-from vlsam_ros.core.vlm.tiny import build_tiny_tokenizer
+from vlsam_ros.testing.tiny_vlm import build_tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -5,8 +5,9 @@ or, with ``--compressed``, a ``sensor_msgs/CompressedImage`` carrying the file's
 PNG bytes unchanged (format ``jpeg``/``png``). The header stamp and the bag's log time are
 the frame's stamp: from the frame order at ``--rate`` Hz starting at ``--start`` seconds
 (default), or from the file metadata (``--stamps metadata``: the entry's ``timestamp`` or a
-nuScenes/ONCE file name; see ``vlsam_ros.core.coda_dataset``). The bag's ``metadata.yaml``
-``custom_data`` keeps the frame index (stamp -> image id) used by ``vlsam-evaluate``.
+nuScenes/ONCE file name; see ``vlsam_ros.offline.datasets.coda_dataset``). The bag's
+``metadata.yaml`` ``custom_data`` keeps the frame index (stamp -> image id) used by
+``vlsam-evaluate``.
 
 Everything is validated before the bag is created: a malformed JSON, a missing image file,
 an image whose size differs from its entry, or unreadable timestamps stop the conversion
@@ -27,9 +28,9 @@ from typing import Sequence
 
 import numpy as np
 
-from vlsam_ros.bag_io import FRAME_INDEX_KEY, BagError, frame_index_json, open_writer, \
-    vlsam_typestore
-from vlsam_ros.core.coda_dataset import STAMP_SOURCES, CodaDataset, DatasetError, \
+from vlsam_ros.offline.replay.bag_io import (FRAME_INDEX_KEY, BagError, frame_index_json,
+                                             open_writer, vlsam_typestore)
+from vlsam_ros.offline.datasets.coda_dataset import STAMP_SOURCES, CodaDataset, DatasetError, \
     frame_index, load_coda_dataset, read_frame_rgb
 from vlsam_ros.core.topic_names import topic_name_problem
 from vlsam_ros.tools.cli import (EXIT_OK, ToolError, ToolParser, check_new_output,

@@ -20,7 +20,7 @@ import numpy as np
 
 from vlsam_ros.core.config import NodeConfig
 from vlsam_ros.core.results import Detection, FrameResult
-from vlsam_ros.detection_messages import ranked_detections
+from vlsam_ros.ros.detection_messages import ranked_detections
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _GOLDEN_RATIO_CONJUGATE = 0.6180339887498949  # hue step that keeps neighbours far apart

@@ -1,6 +1,6 @@
 """Free-text labels -> categories by the cosine similarity of text embeddings.
 
-Used by the LVIS-style evaluation (``lvis_evaluation.py``), where the VLM's open-vocabulary
+Used by the LVIS-style evaluation (``lvis_ap.py``), where the VLM's open-vocabulary
 labels must be matched to a fixed category list, as the paper does with CLIP text
 embeddings. Any object with ``encode(texts) -> float32 (N, D)`` is a :class:`TextEncoder`.
 

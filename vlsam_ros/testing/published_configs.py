@@ -140,7 +140,7 @@ def build_published_processor(repo: str, tokenizer, chat_template: str | None = 
     """The processor of ``repo`` built from its published values around ``tokenizer``.
 
     ``tokenizer`` must know the family's special tokens (a tiny tokenizer from
-    ``vlm.tiny.build_tiny_tokenizer`` does); only image preparation and the image-token
+    ``tiny_vlm.build_tiny_tokenizer`` does); only image preparation and the image-token
     layout follow the checkpoint, the text vocabulary does not.
     """
     import transformers
@@ -182,7 +182,7 @@ def measure_image_tokens(repo: str, image_hw: tuple[int, int], vlm_cfg=None
     from vlsam_ros.core.config import VlmConfig
     from vlsam_ros.core.vlm import layouts
     from vlsam_ros.core.vlm.image_fit import ImageFit, fit_processor, visible_fraction
-    from vlsam_ros.core.vlm.tiny import build_tiny_tokenizer
+    from vlsam_ros.testing.tiny_vlm import build_tiny_tokenizer
 
     ckpt = published_checkpoint(repo)
     fit = ImageFit.from_config(vlm_cfg if vlm_cfg is not None else VlmConfig())

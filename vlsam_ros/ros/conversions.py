@@ -1,7 +1,7 @@
 """ROS messages <-> numpy and core results: the one import for the node and the tools.
 
-Image decoding lives in :mod:`vlsam_ros.image_decoding`, result messages in
-:mod:`vlsam_ros.detection_messages`; this module re-exports their public functions and adds
+Image decoding lives in :mod:`vlsam_ros.ros.image_decoding`, result messages in
+:mod:`vlsam_ros.ros.detection_messages`; this module re-exports their public functions and adds
 :func:`decode_image_msg`, which picks the decoder from the message and the limits from the
 node configuration.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from vlsam_ros.core.config import NodeConfig
-from vlsam_ros.detection_messages import (
+from vlsam_ros.ros.detection_messages import (
     MessageTypes,
     detection_to_msg,
     frame_result_to_detection2d_array,
@@ -26,7 +26,7 @@ from vlsam_ros.detection_messages import (
     vision_msgs_available,
     vision_msgs_enabled,
 )
-from vlsam_ros.image_decoding import RAW_ENCODINGS, compressed_to_rgb, image_to_rgb
+from vlsam_ros.ros.image_decoding import RAW_ENCODINGS, compressed_to_rgb, image_to_rgb
 
 __all__ = [
     "MessageTypes", "RAW_ENCODINGS", "compressed_to_rgb", "decode_image_msg", "ranked_detections",

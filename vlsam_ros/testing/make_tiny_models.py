@@ -29,8 +29,8 @@ def make_tiny_models(out_dir: str | Path, families: Sequence[str] = ("llava",),
     error or an interrupt never leaves a half-built model behind.
     """
     from vlsam_ros.core.segmenter.sam_adapter import SAM_VARIANTS
-    from vlsam_ros.core.segmenter.tiny import save_tiny_sam
-    from vlsam_ros.core.vlm.tiny import FAMILIES, save_tiny_vlm
+    from vlsam_ros.testing.tiny_segmenters import save_tiny_sam
+    from vlsam_ros.testing.tiny_vlm import FAMILIES, save_tiny_vlm
 
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:

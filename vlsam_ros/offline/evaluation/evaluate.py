@@ -34,10 +34,10 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, FRAME_INDEX_KEY, BagError, \
+from vlsam_ros.offline.replay.bag_io import DETECTION_ARRAY_TYPE, FRAME_INDEX_KEY, BagError, \
     iter_messages, open_reader, read_custom_data, vlsam_typestore
-from vlsam_ros.core import evaluation, lvis_evaluation, text_encoders
-from vlsam_ros.core.coda_dataset import DatasetError, parse_frame_index
+from vlsam_ros.offline.evaluation import coda_recall, lvis_ap, text_encoders
+from vlsam_ros.offline.datasets.coda_dataset import DatasetError, parse_frame_index
 from vlsam_ros.tools.cli import (EXIT_OK, ToolParser, check_input, check_output_parent,
                                  run_tool, staged_output)
 
@@ -61,7 +61,7 @@ def detections_from_bag(bag: str | Path, frame_index: dict[int, int],
     no (or, without ``topic``, more than one) DetectionArray topic, or a stamp is not in
     the index.
     """
-    from vlsam_ros.conversions import msg_to_dicts
+    from vlsam_ros.ros.conversions import msg_to_dicts
 
     store = vlsam_typestore()
     dets: list[dict[str, Any]] = []
@@ -143,12 +143,12 @@ def select_images(gt: dict[str, Any], covered: set[int], selection: str, gt_path
     gt_ids = [img["id"] for img in gt["images"]]
     foreign = sorted(covered - set(gt_ids))
     if foreign:
-        raise evaluation.EvaluationInputError(
+        raise coda_recall.EvaluationInputError(
             f"{source} has results for {len(foreign)} image id(s) that {gt_path} does not "
             f"have ({_ids(foreign)}): the ground truth belongs to another dataset")
     missing = [i for i in gt_ids if i not in covered]
     if selection == "same" and from_bag and missing:
-        raise evaluation.EvaluationInputError(
+        raise coda_recall.EvaluationInputError(
             f"{gt_path} has {len(gt_ids)} image(s) but {source} has results (DetectionArrays) "
             f"for {len(gt_ids) - len(missing)} of them; {len(missing)} have none (ids "
             f"{_ids(missing)}): a different or larger ground truth, or frames missing from "
@@ -176,7 +176,7 @@ def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = 
         raise ValueError(f"images={images!r}: must be one of {IMAGE_SELECTIONS}")
     if (bag is None) == (detections_path is None):
         raise ValueError("give exactly one of a bag or a detections JSON")
-    gt = evaluation.load_ground_truth(gt_path)
+    gt = coda_recall.load_ground_truth(gt_path)
     source: dict[str, Any]
     if bag is not None:
         index = load_frame_index(frame_index_bag or bag)
@@ -185,24 +185,24 @@ def evaluate(gt_path: str | Path, out_dir: str | Path, bag: str | Path | None = 
         source = {"bag": str(bag), "frames_with_results": len(seen),
                   "frames_without_results": missing}
     else:
-        dets = evaluation.load_detections(detections_path, gt)
+        dets = coda_recall.load_detections(detections_path, gt)
         gt, missing = select_images(gt, {d["image_id"] for d in dets}, images, gt_path,
                                     detections_path, from_bag=False)
         source = {"detections": str(detections_path), "images_without_detections": missing}
     source["images"] = images
     source["images_scored"] = len(gt["images"])
-    report = evaluation.evaluate_coda(gt, dets)
+    report = coda_recall.evaluate_coda(gt, dets)
     report = {"ground_truth": str(gt_path), **source, **report}
     if lvis:
-        report["lvis_style"] = lvis_evaluation.evaluate_lvis_style(
+        report["lvis_style"] = lvis_ap.evaluate_lvis_style(
             gt, dets, make_text_encoder(text_encoder),
             iou_types=("bbox", "segm") if all("segmentation" in a for a in gt["annotations"])
             and all("segmentation" in d for d in dets) else ("bbox",))
     with staged_output(out_dir, merge=True) as out:  # complete outputs or none
         out.mkdir()
         (out / "detections.json").write_text(json.dumps(dets) + "\n")
-        evaluation.write_report(report, out / "report.json")
-        evaluation.plot_recall_vs_iou(report, out / "recall_vs_iou.png")
+        coda_recall.write_report(report, out / "report.json")
+        coda_recall.plot_recall_vs_iou(report, out / "recall_vs_iou.png")
     return report
 
 
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     return run_tool("vlsam-evaluate", body,
-                    (evaluation.EvaluationInputError, DatasetError, BagError))
+                    (coda_recall.EvaluationInputError, DatasetError, BagError))
 
 
 if __name__ == "__main__":

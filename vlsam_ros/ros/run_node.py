@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from vlsam_ros.core.config import ConfigError, from_flat, layered_parameters, parse_set_flags
 from vlsam_ros.tools.cli import EXIT_OK, ToolError, ToolParser, check_input, run_tool
-from vlsam_ros.spin import exit_process
+from vlsam_ros.ros.spin import exit_process
 from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text
 
 DEFAULT_NODE_NAME = "vlsam"
@@ -31,7 +31,7 @@ DEFAULT_NODE_NAME = "vlsam"
 
 def split_ros_parameters(flat: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Separates rclpy's own parameters (use_sim_time, qos_overrides.*) from schema keys."""
-    from vlsam_ros.parameters import is_ros_own_parameter
+    from vlsam_ros.ros.parameters import is_ros_own_parameter
 
     ros = {k: v for k, v in flat.items() if is_ros_own_parameter(k)}
     return {k: v for k, v in flat.items() if k not in ros}, ros
@@ -99,11 +99,11 @@ def _serve(args: argparse.Namespace, cfg: Any, ros_values: dict[str, Any]) -> in
     import rclpy
     from rclpy.signals import SignalHandlerOptions
 
-    from vlsam_ros.node import VlsamNode
-    from vlsam_ros.parameters import parameter_overrides
-    from vlsam_ros.spin import spin_until_shutdown
+    from vlsam_ros.ros.node import VlsamNode
+    from vlsam_ros.ros.parameters import parameter_overrides
+    from vlsam_ros.ros.spin import spin_until_shutdown
 
-    from vlsam_ros.ros_logging import route_python_logging
+    from vlsam_ros.ros.ros_logging import route_python_logging
 
     rclpy.init(args=None, signal_handler_options=SignalHandlerOptions.NO)
     node = VlsamNode(args.node_name,

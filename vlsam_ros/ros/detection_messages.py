@@ -48,7 +48,7 @@ class MessageTypes:
     @classmethod
     def from_typestore(cls, typestore: Any) -> "MessageTypes":
         """The rosbags dataclasses of a typestore in which ``vlsam_ros/msg/*`` is registered
-        (e.g. ``vlsam_ros.bag_io.vlsam_typestore()``)."""
+        (e.g. ``vlsam_ros.offline.replay.bag_io.vlsam_typestore()``)."""
         types = typestore.types
         return cls(types["vlsam_ros/msg/Detection"], types["vlsam_ros/msg/DetectionArray"],
                    types["sensor_msgs/msg/RegionOfInterest"],

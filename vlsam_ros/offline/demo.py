@@ -32,7 +32,7 @@ import numpy as np
 from vlsam_ros.tools.cli import (EXIT_FAILURE, EXIT_OK, ToolError, ToolParser,
                                  check_output_parent, positive_float, positive_int, run_tool,
                                  staged_output)
-from vlsam_ros.tools.make_tiny_models import make_tiny_models, tiny_model_overrides
+from vlsam_ros.testing.make_tiny_models import make_tiny_models, tiny_model_overrides
 
 CAMERA = "/cam_front/image_raw"
 DETECTIONS = "/cam_front/vlsam/detections"
@@ -68,13 +68,13 @@ def run_live(frames: list[tuple[np.ndarray, int]], overrides: dict[str, Any], ou
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from vlsam_ros.conversions import msg_to_dicts
+    from vlsam_ros.ros.conversions import msg_to_dicts
     from vlsam_ros.msg import DetectionArray
-    from vlsam_ros.visualization import rgb_to_image_msg
+    from vlsam_ros.ros.visualization import rgb_to_image_msg
     from std_msgs.msg import Header
 
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "vlsam_ros.tools.run_node", "--params-file",
+    cmd = [sys.executable, "-m", "vlsam_ros.ros.run_node", "--params-file",
            "config/vlsam.yaml", *_profile_flag(profile),
            *_set_flags({**overrides, "cameras": f"[{CAMERA}]"})]
     node_proc = subprocess.Popen(cmd, env=os.environ.copy())
@@ -135,14 +135,14 @@ def run_live(frames: list[tuple[np.ndarray, int]], overrides: dict[str, Any], ou
 def run_offline(dataset_dir: Path, gt_path: Path, overrides: dict[str, Any], out: Path,
                 profile: str | None = None) -> dict:
     """Dataset -> bag -> replay (every frame) -> evaluation report."""
-    from vlsam_ros.core.coda_dataset import load_coda_dataset
-    from vlsam_ros.tools.dataset_to_bag import dataset_to_bag
-    from vlsam_ros.tools.evaluate import evaluate
+    from vlsam_ros.offline.datasets.coda_dataset import load_coda_dataset
+    from vlsam_ros.offline.datasets.dataset_to_bag import dataset_to_bag
+    from vlsam_ros.offline.evaluation.evaluate import evaluate
 
     in_bag, out_bag = out / "input_bag", out / "detections_bag"
     dataset_to_bag(load_coda_dataset(dataset_dir), in_bag)
     replay = subprocess.run(
-        [sys.executable, "-m", "vlsam_ros.tools.replay_bag", str(in_bag), str(out_bag),
+        [sys.executable, "-m", "vlsam_ros.offline.replay.replay_bag", str(in_bag), str(out_bag),
          "--config", "config/vlsam.yaml", "--overlay", "--no-progress", *_profile_flag(profile),
          *_set_flags({**overrides, "cameras": f"[{CAMERA}]"})], env=os.environ.copy())
     if replay.returncode not in (0, 3):
@@ -181,8 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _demo(args: argparse.Namespace) -> int:
     os.environ.update(_ros_env())
 
-    from vlsam_ros.core.coda_dataset import load_coda_dataset, read_frame_rgb
-    from vlsam_ros.tools.make_demo_dataset import make_demo_dataset
+    from vlsam_ros.offline.datasets.coda_dataset import load_coda_dataset, read_frame_rgb
+    from vlsam_ros.offline.datasets.make_demo_dataset import make_demo_dataset
 
     # The demo sets itself up: the parents of its own output and model folders are created.
     for folder in (args.out, args.models):

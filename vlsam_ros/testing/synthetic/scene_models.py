@@ -1,4 +1,4 @@
-"""Oracle models of a :class:`~vlsam_ros.synthetic.moving_scene.MovingScene`, for the
+"""Oracle models of a :class:`~vlsam_ros.testing.synthetic.moving_scene.MovingScene`, for the
 tracker's tests and benchmark (design.md section 6.3, for moving scenes):
 
 * :class:`SceneOracleSegmenter` (PromptableSegmenter): the visible region of the object
@@ -26,7 +26,7 @@ import numpy as np
 from vlsam_ros.core.results import ObjectName, VlmAnswer
 from vlsam_ros.core.segmenter.base import SegmentationBatch
 from vlsam_ros.core.tracking.followers import mask_to_low_res_logits
-from vlsam_ros.synthetic.moving_scene import MovingScene, SceneFrame
+from vlsam_ros.testing.synthetic.moving_scene import MovingScene, SceneFrame
 
 ORACLE_LOGIT = 10.0
 """Magnitude of the oracle's low-resolution logits (+inside, -outside its mask)."""

@@ -19,11 +19,11 @@ through ``request_stop``) cancels the frame in progress, which ends at its next 
 (``vlsam_ros.core.cancellation``); the log says which frame was dropped where.
 
 Data flow: each camera callback only stores its message in that camera's latest-frame slot
-(``vlsam_ros.latest_frame_slot``). One worker thread takes the newest frame of the next camera
+(``vlsam_ros.ros.latest_frame_slot``). One worker thread takes the newest frame of the next camera
 with a fresh frame (round-robin), decodes it, runs the pipeline and publishes. Topics: see
-``vlsam_ros.camera_topics``. With ``tracking.mode`` flow or memory the worker follows every
+``vlsam_ros.ros.camera_topics``. With ``tracking.mode`` flow or memory the worker follows every
 known object on each frame instead and discovery (the pipeline) runs beside it in its own
-thread on the newest frames (``vlsam_ros.tracking_worker``).
+thread on the newest frames (``vlsam_ros.ros.tracking_worker``).
 
 Failures never stop the node: a malformed frame is logged (throttled) and skipped, a CUDA
 out-of-memory error frees cached memory and skips the frame, and any other error of a frame
@@ -49,22 +49,23 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityP
 from sensor_msgs.msg import CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
-from vlsam_ros.camera_topics import CameraTopics, all_camera_topics
+from vlsam_ros.ros.camera_topics import CameraTopics, all_camera_topics
 from vlsam_ros.core.cancellation import CancellationToken, FrameCancelled
 from vlsam_ros.core.config import ConfigError, VlsamConfig
 from vlsam_ros.core.errors import InvalidImageError, VlsamError
 from vlsam_ros.core.results import FrameResult
-from vlsam_ros.detection_messages import (frame_result_to_detection2d_array, frame_result_to_msg,
-                                          latency_ms, vision_msgs_enabled)
-from vlsam_ros.diagnostics import (CameraCounts, CameraReport, CameraStats, camera_status,
+from vlsam_ros.ros.detection_messages import (frame_result_to_detection2d_array,
+                                              frame_result_to_msg, latency_ms,
+                                              vision_msgs_enabled)
+from vlsam_ros.ros.diagnostics import (CameraCounts, CameraReport, CameraStats, camera_status,
                                    diagnostic_array, rate_line)
-from vlsam_ros.image_decoding import compressed_to_rgb, image_to_rgb
-from vlsam_ros.latest_frame_slot import FrameSlots, SlotObserver
+from vlsam_ros.ros.image_decoding import compressed_to_rgb, image_to_rgb
+from vlsam_ros.ros.latest_frame_slot import FrameSlots, SlotObserver
 from vlsam_ros.msg import DetectionArray
-from vlsam_ros.parameters import (config_from_parameters, config_with_changes,
+from vlsam_ros.ros.parameters import (config_from_parameters, config_with_changes,
                                   declare_schema_parameters)
-from vlsam_ros.process_memory import limit_malloc_arenas, trim_free_memory
-from vlsam_ros.visualization import markers_msg, overlay_msg
+from vlsam_ros.ros.process_memory import limit_malloc_arenas, trim_free_memory
+from vlsam_ros.ros.visualization import markers_msg, overlay_msg
 
 PipelineFactory = Callable[[VlsamConfig], Any]
 """``factory(cfg) -> pipeline`` with ``run(image_rgb_uint8, cancel=token) -> FrameResult``
@@ -293,9 +294,9 @@ class VlsamNode(LifecycleNode):
         return super().on_activate(state)
 
     def _start_tracking(self, cfg: VlsamConfig) -> Any:
-        """The two-rate worker (``vlsam_ros.tracking_worker``): every camera followed at
+        """The two-rate worker (``vlsam_ros.ros.tracking_worker``): every camera followed at
         camera rate, discovery beside it."""
-        from vlsam_ros.tracking_worker import TrackingWorker
+        from vlsam_ros.ros.tracking_worker import TrackingWorker
 
         def on_discovery_error(camera: str, exc: BaseException, trace: str) -> None:
             self.get_logger().error(f"{camera}: discovery failed, frame not discovered: "
@@ -630,9 +631,9 @@ class VlsamNode(LifecycleNode):
 def main(args: Sequence[str] | None = None) -> int:
     """Entry point for ``ros2 run vlsam_ros vlsam-node`` / the launch file: starts the node
     unconfigured; a lifecycle manager (the launch file) configures and activates it."""
-    from vlsam_ros.spin import spin_until_shutdown
+    from vlsam_ros.ros.spin import spin_until_shutdown
 
-    from vlsam_ros.ros_logging import route_python_logging
+    from vlsam_ros.ros.ros_logging import route_python_logging
 
     rclpy.init(args=args, signal_handler_options=rclpy.signals.SignalHandlerOptions.NO)
     node = VlsamNode()
@@ -643,6 +644,6 @@ def main(args: Sequence[str] | None = None) -> int:
 def console_main() -> None:
     """The ``vlsam-node`` command (launch file, ``ros2 run``): ``main``, then the process
     ends at once with its code (``spin.exit_process``)."""
-    from vlsam_ros.spin import exit_process
+    from vlsam_ros.ros.spin import exit_process
 
     exit_process(main())

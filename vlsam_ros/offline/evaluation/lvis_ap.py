@@ -10,7 +10,7 @@ federated rule); the official ``lvis`` API also ignores unmatched predictions of
 not-exhaustive categories, which pycocotools cannot express, so numbers can differ slightly
 from the official LVIS evaluator.
 
-Inputs are the COCO-format dicts or files of ``evaluation.py``. No ROS import.
+Inputs are the COCO-format dicts or files of ``coda_recall.py``. No ROS import.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from vlsam_ros.core.evaluation import (EvaluationInputError, load_detections,
+from vlsam_ros.offline.evaluation.coda_recall import (EvaluationInputError, load_detections,
                                        load_ground_truth, run_cocoeval)
-from vlsam_ros.core.text_encoders import TextEncoder, map_labels_to_categories
+from vlsam_ros.offline.evaluation.text_encoders import TextEncoder, map_labels_to_categories
 
 
 def apply_federated_rule(gt: Mapping[str, Any],

@@ -8,7 +8,7 @@ vocabulary size, vision tower, image size/patch, tokens per image); nothing is d
 ``save_published_vlm`` writes both so the production ``load_vlm`` can load the folder.
 
 Tokenizer vs vocabulary: the real tokenizers are not stored here, so the processor wraps the
-family's tiny word-level tokenizer (``tiny.build_tiny_tokenizer``, about 150 ids). Its ids all
+family's tiny word-level tokenizer (``tiny_vlm.build_tiny_tokenizer``, about 150 ids). Its ids all
 lie below the published ``vocab_size`` (32064 ... 151936), so the embedding table and the LM
 head keep their PUBLISHED shapes (the cost of the output projection over the full vocabulary
 is real) and the rows above the tiny vocabulary are simply never produced: the LM head rows
@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from vlsam_ros.core.vlm.published_configs import (build_published_processor,
+from vlsam_ros.testing.published_configs import (build_published_processor,
                                                   published_checkpoint)
-from vlsam_ros.core.vlm.tiny import (_IDEFICS3_TEMPLATE, _LLAVA_TEMPLATE, _QWEN2_VL_TEMPLATE,
+from vlsam_ros.testing.tiny_vlm import (_IDEFICS3_TEMPLATE, _LLAVA_TEMPLATE, _QWEN2_VL_TEMPLATE,
                                      _favour_object_words, build_tiny_tokenizer)
 
 # model_type -> (config class, model class) names in transformers.

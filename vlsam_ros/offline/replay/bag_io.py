@@ -159,7 +159,8 @@ def _salvage(path: Path, failure: BagError) -> Any:
     metadata.yaml after a crash): a ``mcap_salvage.SalvagedMcap`` over its complete
     messages, with a warning saying how many could not be read. Raises ``failure`` when
     there is no mcap file or nothing in it can be read."""
-    from vlsam_ros.mcap_salvage import SalvageError, SalvagedMcap, expected_counts, mcap_files
+    from vlsam_ros.offline.replay.mcap_salvage import (SalvageError, SalvagedMcap, expected_counts,
+                                                       mcap_files)
 
     files = mcap_files(path)
     if not files:

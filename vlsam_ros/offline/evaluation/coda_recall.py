@@ -31,7 +31,7 @@ restricted to that group's annotations. A prediction that would have matched an 
 another group may then match an object of this group instead, exactly as pycocotools does
 when run on the filtered file.
 
-LVIS-style AP over free-text labels is in ``lvis_evaluation.py``.
+LVIS-style AP over free-text labels is in ``lvis_ap.py``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from vlsam_ros.core.evaluation import EvaluationInputError, load_ground_truth
+from vlsam_ros.offline.evaluation.coda_recall import EvaluationInputError, load_ground_truth
 
 ANNOTATION_FILE = "corner_case.json"
 IMAGE_DIR = "images"

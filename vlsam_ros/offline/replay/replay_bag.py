@@ -1,13 +1,13 @@
 """Offline replay: runs the pipeline on every frame of a rosbag2 and writes a bag of results.
 
 Reads a rosbag2 (mcap or sqlite3) with ``rosbags``, decodes every message of the chosen
-camera topics with the node's decoder (``vlsam_ros.conversions.decode_image_msg``), runs the pipeline on
-each one (no frame is skipped for speed; frames are processed in log-time order), and writes
-the results with the node's own conversion (``vlsam_ros.conversions``) to an output bag:
+camera topics with the node's decoder (``vlsam_ros.ros.conversions.decode_image_msg``), runs
+the pipeline on each one (no frame is skipped for speed; frames are processed in log-time
+order), and writes the results with the node's own conversion (``vlsam_ros.ros.conversions``) to an output bag:
 
 * ``<camera ns>/<node>/detections`` (``vlsam_ros/msg/DetectionArray``), one per input frame,
   e.g. ``/cam_front/vlsam/detections`` for ``/cam_front/image_raw`` (the live node's names,
-  ``vlsam_ros.camera_topics``);
+  ``vlsam_ros.ros.camera_topics``);
 * ``<camera ns>/<node>/overlay`` (``sensor_msgs/Image`` rgb8) with ``--overlay``;
 * ``<camera ns>/<node>/replay_skipped`` (``std_msgs/String``), one per input frame that could
   not be decoded (unknown encoding, wrong size...): ``"<sec>.<nanosec> <frame_id>: <reason>"``.
@@ -34,7 +34,8 @@ Throughput is printed at the end either way (and written by ``--stats FILE``).
 stops the replay with an error naming the bag and how far it got; the results written so
 far are kept in ``OUT_BAG.partial``. An mcap cut short (what a crashed recorder leaves: no
 summary or footer) is the exception: its complete messages are replayed
-(``vlsam_ros.mcap_salvage``) and the summary says how many could not be read (exit 3).
+(``vlsam_ros.offline.replay.mcap_salvage``) and the summary says how many could not be read
+(exit 3).
 A topic that is not in the bag, or is not an image topic, is an error listing the bag's
 image topics. A frame the decoder (or the pipeline's
 input check) rejects is a logged skip by default (``--on-bad-frame skip``), recorded on the
@@ -64,10 +65,11 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from vlsam_ros import conversions
-from vlsam_ros.bag_io import DETECTION_ARRAY_TYPE, BagError, iter_messages, open_reader, \
-    open_writer, read_custom_data, vlsam_typestore
-from vlsam_ros.camera_topics import CameraTopics, camera_topics
+from vlsam_ros.ros import conversions
+from vlsam_ros.offline.replay.bag_io import (DETECTION_ARRAY_TYPE, BagError, iter_messages,
+                                             open_reader, open_writer, read_custom_data,
+                                             vlsam_typestore)
+from vlsam_ros.ros.camera_topics import CameraTopics, camera_topics
 from vlsam_ros.core.config import ConfigError, VlsamConfig, load_config, parse_set_flags
 from vlsam_ros.core.errors import InvalidImageError
 from vlsam_ros.core.results import FrameResult
@@ -225,7 +227,7 @@ class _ResultWriter:
 
     def overlay(self, rgb: np.ndarray, result: FrameResult, header: Any) -> bytes:
         """Overlay Image CDR (rgb8, unpadded), drawn by the node's ``draw_overlay``."""
-        from vlsam_ros.visualization import draw_overlay
+        from vlsam_ros.ros.visualization import draw_overlay
 
         ordered = conversions.ranked_detections(result.detections)  # colours as published
         pixels = draw_overlay(rgb, ordered, self._cfg.node)

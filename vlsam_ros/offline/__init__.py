@@ -1,0 +1,1 @@
+"""Desk tools: bag replay, evaluation, dataset conversion, the demo, labelling, tuning."""

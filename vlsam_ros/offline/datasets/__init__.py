@@ -1,0 +1,1 @@
+"""Datasets in CODA's layout: reading, conversion to bags, the generated demo dataset."""

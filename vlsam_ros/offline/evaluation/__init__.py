@@ -1,0 +1,1 @@
+"""Offline evaluation: class-agnostic recall, LVIS-style AP, text encoders, vlsam-evaluate."""

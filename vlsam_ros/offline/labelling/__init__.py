@@ -1,0 +1,1 @@
+"""Distributed labelling of recorded data with Ray (issue 17)."""

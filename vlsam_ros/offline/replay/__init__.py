@@ -1,0 +1,1 @@
+"""Replaying recorded bags through the pipeline: bag I/O, truncated-MCAP salvage."""

@@ -1,0 +1,1 @@
+"""Tuning the configuration against labelled data: vlsam-tune (issue 19)."""

@@ -1,0 +1,1 @@
+"""Random-weight test models and generated scenes, for tests and benchmarks only."""
