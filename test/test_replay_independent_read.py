@@ -18,9 +18,9 @@ from mcap_ros2.decoder import DecoderFactory
 from pycocotools import mask as coco_mask
 
 from oracle import OracleSegmenter, PlantedVlm, make_scene
-from vlsam_ros.bag_io import open_writer, vlsam_typestore
 from vlsam_ros.core.pipeline import Pipeline
-from vlsam_ros.tools import replay_bag as rb
+from vlsam_ros.offline.replay import replay_bag as rb
+from vlsam_ros.offline.replay.bag_io import open_writer, vlsam_typestore
 
 HEIGHT, WIDTH = 48, 64
 # (topic, frame_id, encoding): one raw camera in each byte order
