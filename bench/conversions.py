@@ -20,8 +20,8 @@ from std_msgs.msg import Header
 
 from vlsam_ros.core.masks import box_from_mask
 from vlsam_ros.core.results import Detection, FrameResult
-from vlsam_ros.ros.detection_messages import MessageTypes, frame_result_to_msg
-from vlsam_ros.ros.image_decoding import compressed_to_rgb, image_to_rgb
+from vlsam_ros.ros.detections import MessageTypes, frame_result_to_msg
+from vlsam_ros.ros.images import compressed_to_rgb, image_to_rgb
 from vlsam_ros.ros.visualization import markers_msg, overlay_msg
 
 HEIGHT, WIDTH = 900, 1600

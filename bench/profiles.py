@@ -57,7 +57,7 @@ PROFILES = ("default", "edge", "cpu", "paper")   # "default": config/vlsam.yaml 
 
 def profile_config(profile: str, model_dir: Path):
     """The profile's configuration with its models swapped for the tiny ones."""
-    from vlsam_ros.core.config import load_config
+    from vlsam_ros.core.config_files import load_config
     from vlsam_ros.testing.make_tiny_models import tiny_model_overrides
 
     name = None if profile == "default" else profile
@@ -73,14 +73,15 @@ class _FrameProbe:
 
     def __init__(self, pipe) -> None:
         import vlsam_ros.core.pipeline as pipeline_module
+        from vlsam_ros.core import merging
 
         self.module = pipeline_module
         self.tokens: list[int] = []
         self.mapped: list[tuple] = []          # (candidate in view frame, view, full shape)
         self.nms_inputs: list[int] = []
         vlm = pipe.vlm
-        generate, to_full, merge = vlm._generate, pipeline_module._to_full_frame, \
-            pipeline_module._merge
+        generate, to_full = vlm._generate, pipeline_module._to_full_frame
+        merge = merging.merge_candidates
 
         def counting_generate(inputs, vlm_cfg):
             sequences = generate(inputs, vlm_cfg)
@@ -98,9 +99,9 @@ class _FrameProbe:
 
         vlm._generate = counting_generate
         pipeline_module._to_full_frame = recording_to_full
-        pipeline_module._merge = recording_merge
+        merging.merge_candidates = recording_merge
         self._restore = lambda: (setattr(pipeline_module, "_to_full_frame", to_full),
-                                 setattr(pipeline_module, "_merge", merge),
+                                 setattr(merging, "merge_candidates", merge),
                                  vars(vlm).pop("_generate", None))
 
     def reset(self) -> None:
@@ -115,7 +116,9 @@ def time_nms(mapped: list[tuple], iou: float, repeats: int) -> dict:
     view's frame, view, full-frame shape)], each including the view -> full-frame mapping."""
     import vlsam_ros.core.pipeline as pipeline_module
 
-    merge, to_full = pipeline_module._merge, pipeline_module._to_full_frame
+    from vlsam_ros.core import merging
+
+    merge, to_full = merging.merge_candidates, pipeline_module._to_full_frame
     by_view: dict[tuple, list] = {}
     for c, view, shape in mapped:
         by_view.setdefault((view.x0, view.y0, view.width, view.height), []).append(
@@ -202,7 +205,7 @@ def bench_profile(profile: str, model_dir: Path, image, frames: int, nms_repeats
             probe.reset()
             start = time.perf_counter()
             result = pipe.run(image)
-            runs.append(((time.perf_counter() - start) * 1e3, dict(pipe.last_stage_ms),
+            runs.append(((time.perf_counter() - start) * 1e3, dict(result.stage_ms),
                          len(result.detections), list(probe.tokens)))
     finally:
         probe.close()
@@ -238,7 +241,7 @@ def main() -> None:
 
     from segment import _street_image
 
-    from vlsam_ros.core.config import load_config
+    from vlsam_ros.core.config_files import load_config
     from vlsam_ros.testing.make_tiny_models import make_tiny_models
 
     families = sorted({load_config(None, profile=None if p == "default" else p).vlm.family

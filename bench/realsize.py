@@ -30,7 +30,7 @@ Runs, in one process, after one warm-up frame:
    profile generates its rephrasings with the VLM; random weights write no questions, so the
    hand-written ``ensemble.questions`` are used (``question_source=config``).
 
-Prints per-stage ms (``Pipeline.last_stage_ms``), the vision tower's time per frame (forward
+Prints per-stage ms (``FrameResult.stage_ms``), the vision tower's time per frame (forward
 hooks), image tokens per view, process peak RSS, the capture peak bytes of 10 prompts / 1
 prompt (``HuggingFaceVlm.last_capture_peak_bytes``), and a last JSON line.
 """
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from vlsam_ros.core.config import load_config
+    from vlsam_ros.core.config_files import load_config
     from vlsam_ros.core.pipeline import Pipeline
     from vlsam_ros.core.segmenter import load_segmenter
     from vlsam_ros.testing.tiny_segmenters import save_tiny_sam
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         result = pipe.run(frame)
         wall = (time.perf_counter() - t) * 1e3
-        return {"stage_ms": {k: round(v, 1) for k, v in pipe.last_stage_ms.items()},
+        return {"stage_ms": {k: round(v, 1) for k, v in result.stage_ms.items()},
                 "wall_ms": round(wall, 1), "vision_tower": tower.take(),
                 "detections": len(result.detections)}
 

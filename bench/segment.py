@@ -150,7 +150,7 @@ def bench_full_recipe(model_dir: Path, device: str, image: np.ndarray, questions
     per_frame = []
     for _ in range(frames):
         result = pipe.run(image)
-        per_frame.append({**{k: round(v, 1) for k, v in pipe.last_stage_ms.items()},
+        per_frame.append({**{k: round(v, 1) for k, v in result.stage_ms.items()},
                           "detections": len(result.detections)})
     return {"questions": questions, "views": 5, "build_ms_incl_question_generation":
             round(build_ms, 1), "frames": per_frame}

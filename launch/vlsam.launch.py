@@ -50,7 +50,7 @@ def _profile_file(text: str) -> str | None:
     """
     if not text.strip():
         return None
-    from vlsam_ros.core.config import resolve_profile
+    from vlsam_ros.core.config_files import resolve_profile
 
     return str(resolve_profile(text.strip()))
 

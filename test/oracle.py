@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from vlsam_ros.core.config import AttentionConfig, SamConfig, VlmConfig
-from vlsam_ros.offline.evaluation.coda_recall import (class_agnostic_recall, detection_to_coco,
+from vlsam_ros.offline.evaluation.coda_recall import (class_agnostic_recall, coco_result,
                                                      load_ground_truth)
 from vlsam_ros.core.results import FrameResult, ObjectName, VlmAnswer
 from vlsam_ros.core.segmenter.base import LOW_RES_MASK_SIZE, SegmentationBatch
@@ -64,9 +64,12 @@ def make_scene(height: int, width: int,
 @dataclasses.dataclass
 class OracleSegmenter:
     """PromptableSegmenter double: the true region (same colour, 4-connected) under the
-    first positive point of each prompt. Records every call."""
+    first positive point of each prompt; with ``union_of_positives`` the union of the
+    regions under every positive point (as SAM covers all its positive points). Records
+    every call."""
 
     iou_prediction: float = 0.9
+    union_of_positives: bool = False
     embed_calls: int = 0
     calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     sam_cfg: SamConfig | None = None
@@ -85,11 +88,15 @@ class OracleSegmenter:
                            "points": points.copy(), "labels": labels.copy()})
         masks = []
         for pts, labs in zip(points, labels):
-            x, y = pts[int(np.flatnonzero(labs == 1)[0])]
-            row, col = int(np.floor(y)), int(np.floor(x))
-            same = np.all(embedding == embedding[row, col], axis=-1).astype(np.uint8)
-            _, comp = cv2.connectedComponents(same, connectivity=4)
-            masks.append(comp == comp[row, col])
+            positives = np.flatnonzero(labs == 1)
+            mask = np.zeros(embedding.shape[:2], dtype=bool)
+            for k in positives if self.union_of_positives else positives[:1]:
+                x, y = pts[int(k)]
+                row, col = int(np.floor(y)), int(np.floor(x))
+                same = np.all(embedding == embedding[row, col], axis=-1).astype(np.uint8)
+                _, comp = cv2.connectedComponents(same, connectivity=4)
+                mask |= comp == comp[row, col]
+            masks.append(mask)
         masks = np.stack(masks)
         low = np.stack([cv2.resize(m.astype(np.float32), (LOW_RES_MASK_SIZE,) * 2,
                                    interpolation=cv2.INTER_NEAREST) for m in masks])
@@ -176,5 +183,5 @@ def scene_recall(scene: Scene, result: FrameResult):
                         for i, o in enumerate(scene.objects)],
         "categories": [{"id": 1, "name": "object"}],
     })
-    dets = [detection_to_coco(1, d.label, d.score, d.box_xyxy) for d in result.detections]
+    dets = [coco_result(1, d.label, d.score, d.box_xyxy) for d in result.detections]
     return class_agnostic_recall(gt, dets)

@@ -179,22 +179,3 @@ class SlotEventLog:
         if self._num_cameras is None:
             raise ValueError("SlotEventLog(num_cameras=...) checks the round-robin order")
         return list(self._out_of_turn)
-
-
-class SlowPipeline:
-    """Wraps a real pipeline and sleeps ``delay_s`` before each frame (slower than the camera)."""
-
-    def __init__(self, inner: Any, delay_s: float) -> None:
-        self.inner = inner
-        self.delay_s = delay_s
-
-    @property
-    def cfg(self) -> Any:
-        return self.inner.cfg
-
-    def run(self, image: Any, cancel: Any = None) -> Any:
-        time.sleep(self.delay_s)
-        return self.inner.run(image, cancel=cancel)
-
-    def update_config(self, cfg: Any) -> None:
-        self.inner.update_config(cfg)

@@ -30,6 +30,8 @@ import rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
+from vlsam_ros.ros.images import image_msg
+
 
 def scene(height: int, width: int, index: int, seed: int = 0) -> np.ndarray:
     """uint8 (H, W, 3) RGB: sky above, road below, three boxes shifted by ``index`` pixels."""
@@ -44,28 +46,6 @@ def scene(height: int, width: int, index: int, seed: int = 0) -> np.ndarray:
         x = (int(rng.integers(0, width - w)) + index) % max(1, width - w)
         img[y:y + h, x:x + w] = rng.integers(0, 256, 3)
     return img
-
-
-def image_msg(rgb: np.ndarray, encoding: str) -> Image:
-    """rgb8 / bgr8 / rgba8 / mono8 raw Image (no header set)."""
-    if encoding == "rgb8":
-        pixels = rgb
-    elif encoding == "bgr8":
-        pixels = rgb[:, :, ::-1]
-    elif encoding == "rgba8":
-        pixels = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
-    elif encoding == "mono8":
-        pixels = rgb.mean(axis=2).astype(np.uint8)[:, :, None]
-    else:
-        raise ValueError(f"unsupported test encoding {encoding!r}")
-    pixels = np.ascontiguousarray(pixels)
-    msg = Image()
-    msg.height, msg.width = pixels.shape[:2]
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = pixels.shape[1] * pixels.shape[2]
-    msg.data = pixels.tobytes()
-    return msg
 
 
 def compressed_msg(rgb: np.ndarray) -> CompressedImage:
@@ -132,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                     msg, encoding = compressed_msg(rgb), "jpeg"
                 else:
                     encoding = fixed_encoding[topic] or encodings[index % len(encodings)]
-                    msg = image_msg(rgb, encoding)
+                    msg = image_msg(rgb, encoding=encoding)
                 msg.header.frame_id = frame_id_of(topic)
                 msg.header.stamp = node.get_clock().now().to_msg()
                 stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec

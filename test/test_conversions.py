@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from vlsam_ros.ros.conversions import (
+from vlsam_ros.ros.detections import (
     MessageTypes,
-    decode_image_msg,
     detection_to_msg,
     frame_result_to_detection2d_array,
     frame_result_to_msg,
@@ -33,6 +32,7 @@ from vlsam_ros.core.config import NodeConfig
 from vlsam_ros.core.errors import InvalidImageError
 from vlsam_ros.core.masks import box_from_mask
 from vlsam_ros.core.results import Detection, FrameResult
+from vlsam_ros.ros.images import decode_image_msg
 
 H, W = 30, 40
 

@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from vlsam_ros.core.masks import encode_rle
 from vlsam_ros.offline.evaluation import coda_recall as ev
 from vlsam_ros.offline.evaluation import lvis_ap as lvis
 from vlsam_ros.offline.evaluation import text_encoders as te
@@ -182,10 +183,10 @@ def test_report_and_plot_files(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_detection_to_coco_box_and_mask():
+def test_coco_result_box_and_mask():
     mask = np.zeros((20, 30), dtype=bool)
     mask[5:9, 10:16] = True  # rows 5..8, cols 10..15
-    det = ev.detection_to_coco(3, "cone", 0.7, (10, 5, 16, 9), mask)
+    det = ev.coco_result(3, "cone", 0.7, (10, 5, 16, 9), encode_rle(mask))
     assert det["bbox"] == [10.0, 5.0, 6.0, 4.0]
     assert det["segmentation"]["size"] == [20, 30]
     assert np.array_equal(mask_utils.decode(dict(det["segmentation"],

@@ -10,7 +10,7 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
 from vlsam_ros.core.errors import InvalidImageError
-from vlsam_ros.ros.image_decoding import RAW_ENCODINGS, compressed_to_rgb, image_to_rgb
+from vlsam_ros.ros.images import RAW_ENCODINGS, compressed_to_rgb, image_to_rgb
 
 MAX_PIXELS = 10_000_000
 H, W = 6, 8

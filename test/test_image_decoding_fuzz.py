@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from vlsam_ros.core.errors import InvalidImageError
-from vlsam_ros.ros.image_decoding import RAW_ENCODINGS, compressed_to_rgb, image_to_rgb
+from vlsam_ros.ros.images import RAW_ENCODINGS, compressed_to_rgb, image_to_rgb
 
 RAW_EXAMPLES = 1500
 COMPRESSED_EXAMPLES = 500

@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as mask_utils
 
-from vlsam_ros.core.masks import (box_from_mask, decode_rle, encode_rle, mask_iou, mask_nms,
-                                  mask_to_rle_counts, merge_labels, rle_area, rle_box,
-                                  rle_counts_to_mask)
+from vlsam_ros.core.merging import mask_nms, merge_labels
+from vlsam_ros.core.masks import (box_from_mask, decode_rle, encode_rle, mask_iou,
+                                  mask_to_rle_counts, rle_box,
+                                  rle_counts_to_mask, rle_to_json)
 
 
 def _rect(h, w, x0, y0, x1, y1):
@@ -77,7 +78,6 @@ def test_mask_iou_matches_brute_force():
     b[0] = False                                        # empty mask: IoU 0
     expected = np.array([[(x & y).sum() / max((x | y).sum(), 1) for y in b] for x in a])
     np.testing.assert_allclose(mask_iou(a, b), expected, atol=1e-12)
-    np.testing.assert_array_equal(rle_area([encode_rle(m) for m in a]), a.sum(axis=(1, 2)))
 
 
 def test_mask_nms_keeps_best_and_records_suppressed():
@@ -100,3 +100,16 @@ def test_mask_nms_threshold_is_strict_and_ties_keep_input_order():
 
 def test_merge_labels_dedupes_and_excludes_kept():
     assert merge_labels("car", ["Car", "vehicle", "truck", "vehicle ", ""]) == ("vehicle", "truck")
+
+
+def test_rle_to_json_is_one_form_for_compressed_and_uncompressed_input():
+    mask = np.zeros((7, 5), bool)
+    mask[1:3, 2:5] = True           # off-centre, not square: a transposed RLE would differ
+    mask[5, 0] = True
+    from_compressed = rle_to_json(encode_rle(mask))
+    from_uncompressed = rle_to_json({"size": [7, 5], "counts": mask_to_rle_counts(mask)})
+    assert from_compressed == from_uncompressed
+    assert from_compressed["size"] == [7, 5] and isinstance(from_compressed["counts"], str)
+    json_round_trip = {"size": from_compressed["size"],
+                       "counts": from_compressed["counts"].encode("ascii")}
+    np.testing.assert_array_equal(mask_utils.decode(json_round_trip).astype(bool), mask)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import vlsam_ros.core.pipeline as pipeline
+from vlsam_ros.core import merging
 from oracle import OracleSegmenter, PlantedVlm, make_scene
 from vlsam_ros.core.config import from_flat
 from vlsam_ros.core.masks import encode_rle, rle_iou
@@ -42,14 +43,14 @@ def chain():
 
 def _two_stage(views: list[list[Candidate]]) -> list[Candidate]:
     """The former merging: NMS inside each view, then NMS over the survivors."""
-    survivors = [c for view in views for c in pipeline._merge(view, IOU)]
-    return pipeline._merge(survivors, IOU)
+    survivors = [c for view in views for c in merging.merge_candidates(view, IOU)]
+    return merging.merge_candidates(survivors, IOU)
 
 
 def test_two_stage_loses_a_detection_that_one_stage_keeps(chain):
     a, b, c = chain
     two = _two_stage([[a], [b, c]])
-    one = pipeline._merge([a, b, c], IOU)
+    one = merging.merge_candidates([a, b, c], IOU)
     assert [x.label for x in two] == ["car"]                   # "van" was lost
     assert sorted(x.label for x in one) == ["car", "van"]      # kept: nothing kept covers it
     kept = {x.label: x for x in one}
@@ -63,13 +64,13 @@ def test_the_pipeline_merges_once_over_all_views_in_full_frame(monkeypatch):
     scene = make_scene(257, 321, [("cone", (20, 30, 84, 94)), ("car", (120, 20, 200, 80)),
                                   ("rock", (280, 220, 302, 242))])
     calls = []
-    real_merge = pipeline._merge
+    real_merge = merging.merge_candidates
 
     def recording_merge(candidates, iou_threshold):
         calls.append(list(candidates))
         return real_merge(candidates, iou_threshold)
 
-    monkeypatch.setattr(pipeline, "_merge", recording_merge)
+    monkeypatch.setattr(merging, "merge_candidates", recording_merge)
     cfg = from_flat({"device": "cpu", "prompts.refinement_rounds": 0, "ensemble.tiles": True,
                      "ensemble.num_questions": 1})
     result = pipeline.Pipeline(cfg, PlantedVlm(scene), OracleSegmenter()).run(scene.image)

@@ -216,7 +216,7 @@ def test_stage_times_are_reported(street):
     pipe = Pipeline(_cfg(ensemble__tiles=True, prompts__refinement_rounds=2), PlantedVlm(street),
                     seg)
     result = pipe.run(street.image)
-    stages = pipe.last_stage_ms
+    stages = result.stage_ms
     assert set(stages) >= {"questions", "vlm", "encoder", "decoder", "prompts_merge", "total",
                            "decoder_calls", "prompts"}
     assert stages["decoder_calls"] == len(seg.calls)

@@ -39,5 +39,5 @@ def test_tiny_models_full_recipe(tiny_config, street_image):
                                       ensemble__num_questions=3))
     result = pipe.run(street_image)
     assert len(pipe.questions()) == 3
-    assert pipe.last_stage_ms["encoder"] > 0
+    assert result.stage_ms["encoder"] > 0
     assert all(d.mask.shape == street_image.shape[:2] for d in result.detections)

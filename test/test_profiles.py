@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vlsam_ros.core.config import (ConfigError, VlsamConfig, available_profiles,
-                                   layered_parameters, load_config, parameters_from_yaml,
-                                   resolve_profile, to_flat)
+from vlsam_ros.core.config import ConfigError, VlsamConfig, to_flat
+from vlsam_ros.core.config_files import (available_profiles, layered_parameters, load_config,
+                                         parameters_from_yaml, resolve_profile)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PARAMS = REPO_ROOT / "config" / "vlsam.yaml"
@@ -398,7 +398,7 @@ def test_the_paper_profile_runs_end_to_end_with_tiny_models(tiny_model_dir):
     pipe, result, batches = _run_one_frame(cfg)
     assert len(pipe.questions()) == 10
     assert batches == [50]                               # 5 views x 10 questions, one batch
-    stages = pipe.last_stage_ms
+    stages = result.stage_ms
     assert 0 < stages["decoder_calls"] <= 5 * (cfg.prompts.refinement_rounds + 1)
     assert result.description
     for det in result.detections:
@@ -416,5 +416,5 @@ def test_the_cpu_profile_runs_end_to_end_with_tiny_models(tiny_model_dir, tmp_pa
     assert cfg.device == "cpu" and cfg.vlm.family == "idefics3"
     pipe, result, batches = _run_one_frame(cfg)
     assert batches == [1]
-    assert pipe.last_stage_ms["decoder_calls"] >= 1
+    assert result.stage_ms["decoder_calls"] >= 1
     assert result.description

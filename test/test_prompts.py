@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlsam_ros.core.prompts import (detection_score, largest_component, sample_point_pair,
-                                    stack_prompts, suppress_attention)
+from vlsam_ros.core.prompts import largest_component, sample_point_pair, stack_prompts
+from vlsam_ros.core.refinement import detection_score, suppress_attention
 
 
 def _two_blobs():

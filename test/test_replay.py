@@ -265,7 +265,7 @@ def test_rosbags_detection_array_bytes_equal_rclpy():
     from rclpy.serialization import serialize_message
     from std_msgs.msg import Header
 
-    from vlsam_ros.ros.detection_messages import MessageTypes, frame_result_to_msg
+    from vlsam_ros.ros.detections import MessageTypes, frame_result_to_msg
 
     store = vlsam_typestore()
     result = BrightestBlobPipeline().run(frame_rgb(3))

@@ -36,6 +36,7 @@ from ros_harness import (Collector, SlotEventLog, published_frames, ros_session,
                          start_publisher, stamp_ns)
 from vlsam_ros.core.pipeline import build_pipeline  # noqa: E402
 from vlsam_ros.msg import DetectionArray  # noqa: E402
+from vlsam_ros.ros.images import image_msg  # noqa: E402
 from vlsam_ros.ros.node import VlsamNode  # noqa: E402
 from vlsam_ros.ros.parameters import parameter_overrides  # noqa: E402
 from vlsam_ros.tools.write_params_yaml import params_yaml  # noqa: E402
@@ -149,11 +150,7 @@ def test_worker_takes_only_the_newest_frame(tiny_config, tmp_path):
 # ---------------------------------------------------------------------------------------
 
 def _good_image(rng: np.random.Generator, height: int = 48, width: int = 64) -> Image:
-    msg = Image()
-    msg.height, msg.width, msg.encoding, msg.is_bigendian = height, width, "rgb8", 0
-    msg.step = width * 3
-    msg.data = rng.integers(0, 256, height * width * 3, dtype=np.uint8).tobytes()
-    return msg
+    return image_msg(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 def _good_jpeg(rng: np.random.Generator) -> bytes:

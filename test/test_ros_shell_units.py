@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from vlsam_ros.ros.camera_topics import all_camera_topics, camera_topics
-from vlsam_ros.core.config import (ConfigError, VlsamConfig, from_flat, parameters_from_yaml,
-                                   schema)
+from vlsam_ros.core.config import ConfigError, VlsamConfig, from_flat, schema
+from vlsam_ros.core.config_files import parameters_from_yaml
 from vlsam_ros.ros.latest_frame_slot import FrameSlots, LatestFrameSlot
 from vlsam_ros.tools.write_params_yaml import params_yaml
 

@@ -5,6 +5,7 @@ documented exit code (vlsam_ros/tools/cli.py: 2 user error, 1 the node could not
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from test_replay import write_image_bag
-from vlsam_ros.tools.cli import STAGING_PREFIX, options_without_help
+from vlsam_ros.tools.cli import STAGING_PREFIX
 from vlsam_ros.offline.datasets.make_demo_dataset import make_demo_dataset
 
 TOOLS = {  # command -> module
@@ -38,6 +39,13 @@ def run(tool: str, args: list[str], cwd: Path, timeout: float = 180.0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", TOOLS[tool], *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def options_without_help(parser: argparse.ArgumentParser) -> list[str]:
+    """The options and positionals of ``parser`` that have no help text (should be none)."""
+    return [action.option_strings[0] if action.option_strings else action.dest
+            for action in parser._actions
+            if not isinstance(action, argparse._HelpAction) and not action.help]
 
 
 def tree(root: Path) -> set[str]:
@@ -237,7 +245,8 @@ def test_every_option_of_every_tool_has_help(tool):
 
 
 def test_runner_and_replay_print_config_and_list_keys(tmp_path):
-    from vlsam_ros.core.config import load_config, schema
+    from vlsam_ros.core.config import schema
+    from vlsam_ros.core.config_files import load_config
 
     keys = run("vlsam-node-runner", ["--list-keys"], tmp_path)
     assert keys.returncode == 0

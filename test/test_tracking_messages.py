@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from vlsam_ros.ros.conversions import (MessageTypes, detection_to_msg,
-                                   frame_result_to_detection2d_array, frame_result_to_msg,
-                                   msg_to_dicts, msg_to_frame_result)
+from vlsam_ros.ros.detections import (MessageTypes, detection_to_msg,
+                                      frame_result_to_detection2d_array, frame_result_to_msg,
+                                      msg_to_dicts, msg_to_frame_result)
 from vlsam_ros.core.masks import box_from_mask
 from vlsam_ros.core.results import Detection, FrameResult
 from vlsam_ros.ros.visualization import detection_colour, draw_overlay, label_text

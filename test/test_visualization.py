@@ -14,7 +14,7 @@ from std_msgs.msg import Header
 from vlsam_ros.core.config import NodeConfig
 from vlsam_ros.core.masks import box_from_mask
 from vlsam_ros.core.results import Detection, FrameResult
-from vlsam_ros.ros.image_decoding import image_to_rgb
+from vlsam_ros.ros.images import image_msg, image_to_rgb
 from vlsam_ros.ros.visualization import (
     MARKER_NAMESPACES,
     detection_colour,
@@ -24,7 +24,6 @@ from vlsam_ros.ros.visualization import (
     metres_per_pixel,
     overlay_msg,
     pixel_to_marker_point,
-    rgb_to_image_msg,
 )
 
 H, W = 100, 120
@@ -154,8 +153,8 @@ def test_image_msg_round_trip(scene, encoding):
 
 
 def test_image_msg_rejects_other_encodings(scene):
-    with pytest.raises(ValueError):
-        rgb_to_image_msg(scene[0], HEADER, encoding="mono8")
+    with pytest.raises(ValueError, match="encoding '16UC1'"):
+        image_msg(scene[0], HEADER, encoding="16UC1")
 
 
 def test_marker_geometry():

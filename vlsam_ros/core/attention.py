@@ -143,13 +143,26 @@ def row_selector(token_rows: Sequence[Sequence[int]], n: int,
 def reference_object_rows(layer_probs: Sequence[torch.Tensor], token_rows: Sequence[Sequence[int]],
                           *, head_weighting: str, image_key_mask: torch.Tensor | None,
                           meanmax_image_keys_only: bool, regularize: bool, row_normalize: bool,
-                          use_flow: bool) -> torch.Tensor:
+                          use_flow: bool, top: torch.Tensor | None = None) -> torch.Tensor:
     """The whole method on full attention: rows of F (or of the last layer) per object.
 
-    layer_probs: L tensors (H, N, N), first layer first. Returns (M, N) float64.
+    layer_probs: L tensors (H, N, N), first layer first. ``top``: optional (M, N) rows
+    ``E @ A[L]`` formed by the caller (GradCAM, ``gradcam.gradcam_top_rows``); the last
+    layer is then not aggregated here and ``top @ F[L-1]`` (or ``top`` without flow) is
+    returned. Returns (M, N) float64.
     """
     n = layer_probs[0].shape[-1]
     factors = column_regularization(causal_column_counts(n)) if regularize else None
+    if top is not None:
+        if not use_flow or len(layer_probs) == 1:
+            return top.to(torch.float64)
+        below = reference_object_rows(layer_probs[:-1], [[i] for i in range(n)],
+                                      head_weighting=head_weighting,
+                                      image_key_mask=image_key_mask,
+                                      meanmax_image_keys_only=meanmax_image_keys_only,
+                                      regularize=regularize, row_normalize=row_normalize,
+                                      use_flow=True)                          # F[L-1]
+        return top.to(torch.float64) @ below
     aggregated = []
     chosen = layer_probs if use_flow else layer_probs[-1:]
     for probs in chosen:
@@ -255,7 +268,7 @@ def object_flow_rows(queries: Sequence[torch.Tensor], keys: Sequence[torch.Tenso
                      selector: torch.Tensor, scaling: Sequence[float], *, head_weighting: str,
                      image_key_mask: torch.Tensor | None, meanmax_image_keys_only: bool,
                      regularize: bool, row_normalize: bool, use_flow: bool,
-                     query_block: int) -> torch.Tensor:
+                     query_block: int, top: torch.Tensor | None = None) -> torch.Tensor:
     """Rows of the attention flow for the object tokens, from cached queries and keys.
 
     Equals ``reference_object_rows`` (same equations) but never forms an N x N matrix: since
@@ -266,6 +279,8 @@ def object_flow_rows(queries: Sequence[torch.Tensor], keys: Sequence[torch.Tenso
 
     queries / keys: per layer (first layer first) (H, N, d) and (KV, N, d) post-RoPE
     tensors of one unpadded sequence; scaling: per-layer softmax scale; selector: (M, N).
+    ``top``: optional (M, N) rows ``E @ A[L]`` formed by the caller (GradCAM,
+    ``gradcam.gradcam_top_rows``); the chain then starts below the last layer.
     Returns (M, N) float64.
     """
     n = selector.shape[-1]
@@ -274,6 +289,9 @@ def object_flow_rows(queries: Sequence[torch.Tensor], keys: Sequence[torch.Tenso
     key_mask = image_key_mask if meanmax_image_keys_only else None
     rows = selector.to(torch.float64)
     layer_ids = range(len(queries) - 1, -1, -1) if use_flow else [len(queries) - 1]
+    if top is not None:
+        rows = top.to(torch.float64).to(selector.device)
+        layer_ids = range(len(queries) - 2, -1, -1) if use_flow else []
     for l in layer_ids:
         q, k = queries[l], keys[l]
         if q.shape[1] != n or k.shape[1] != n:

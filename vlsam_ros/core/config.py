@@ -16,16 +16,14 @@ naming the field. Field metadata keys:
 ``choices``  allowed values for strings;
 ``runtime``  True when a change applies from the next frame without reloading models.
 
-This module has no ROS import.
+Reading parameter files, profiles and ``--set`` flags is ``config_files.py``. This module
+has no ROS import.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 import typing
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import yaml
@@ -299,6 +297,11 @@ class AttentionConfig(_Section):
                                       "generated tokens). Bigger requests are refused before "
                                       "generating (LLaVA-NeXT-7B at T=2030 needs about 34 GB "
                                       "per prompt).", range=(1e-6, 4096.0))
+    gradcam: bool = _field(False, "GradCAM weighting (PnP-OVSS): the last layer's attention "
+                           "of each object's rows is weighted by its gradient with respect to "
+                           "the log-probability of the generated name, negatives clamped to 0 "
+                           "(core/gradcam.py). Costs one teacher-forced forward per prompt and "
+                           "one backward per frame.", runtime=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,12 +313,34 @@ class PromptConfig(_Section):
     refinement_rounds: int = _field(2, "Refinement rounds after the first prompt: round 1 "
                                     "cascades mask logits, later rounds mask out found areas "
                                     "and sample again (paper: 2).", range=(0, 8), runtime=True)
+    dropout_iterations: int = _field(0, "Salience DropOut (PnP-OVSS) before prompting: "
+                                     "iterations k; each blacks out the most attended patches "
+                                     "of the image, re-runs the VLM teacher-forced on the same "
+                                     "text and adds the maps (core/salience_dropout.py). 0 = off.",
+                                     range=(0, 16), runtime=True)
+    dropout_patches: int = _field(4, "Salience DropOut: patches N blacked out per iteration (the "
+                                  "N not yet dropped with the highest summed attention of all "
+                                  "objects of the prompt).", range=(1, 65536), runtime=True)
     negative_point: bool = _field(True, "Add the negative point at the map minimum outside "
                                   "the positive area.", runtime=True)
     min_mask_area_px: int = _field(16, "Masks smaller than this many pixels are discarded.",
                                    range=(0, 10**8), runtime=True)
     connectivity: int = _field(8, "Pixel connectivity (4 or 8) of the connected components "
                                "that pick the positive area.", range=(4, 8), runtime=True)
+    subpixel_peak: str = _field("off", "LENS keypoints: locate each positive point below "
+                                "patch resolution by a fit through the peak and its "
+                                "neighbours one patch away: 'quadratic' (parabola through the "
+                                "values) or 'gaussian' (through their logarithms); 'off': the "
+                                "peak pixel (paper).", choices=("off", "quadratic", "gaussian"),
+                                runtime=True)
+    positive_points: int = _field(1, "LENS keypoints: most positive points per prompt, at "
+                                  "separated local maxima of the map inside the positive "
+                                  "area (1: the paper's single point).", range=(1, 16),
+                                  runtime=True)
+    positive_separation_cells: float = _field(2.0, "Least distance between two positive "
+                                              "points of one prompt, in patch cells "
+                                              "(with positive_points > 1).",
+                                              range=(0.0, 64.0), runtime=True)
 
     def _check(self) -> None:
         if self.connectivity not in (4, 8):
@@ -606,28 +631,6 @@ def to_flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def to_nested(cfg: Any) -> dict[str, Any]:
-    """Config -> nested dict as written in the YAML files."""
-    nested: dict[str, Any] = {}
-    for key, value in to_flat(cfg).items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return nested
-
-
-def _flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten_dict(v, prefix + str(k) + "."))
-        else:
-            out[prefix + str(k)] = v
-    return out
-
-
 def from_flat(values: Mapping[str, Any], base: VlsamConfig | None = None) -> VlsamConfig:
     """Builds a validated config from dotted keys layered over ``base`` (or the defaults).
 
@@ -655,136 +658,3 @@ def _build(cls: type, flat: Mapping[str, Any], prefix: str) -> Any:
         return cls(**kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{prefix}{exc}") from None
-
-
-def parameters_from_yaml(path: str | Path, node_name: str = "vlsam") -> dict[str, Any]:
-    """Reads a ROS 2 parameter file and returns its dotted parameters for ``node_name``.
-
-    Accepts the ROS layout (``<node or /**>: {ros__parameters: {...}}``); wildcard
-    (``/**``) entries apply first, then the node's own entry.
-    """
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of node names to ros__parameters")
-    flat: dict[str, Any] = {}
-    for key in ("/**", node_name, "/" + node_name):
-        entry = data.get(key)
-        if entry is None:
-            continue
-        params = entry.get("ros__parameters") if isinstance(entry, Mapping) else None
-        if not isinstance(params, Mapping):
-            raise ConfigError(f"{path}: entry {key!r} has no ros__parameters mapping")
-        flat.update(_flatten_dict(params))
-    if not flat:
-        raise ConfigError(f"{path}: no ros__parameters for '/**' or {node_name!r}")
-    return flat
-
-
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-                node_name: str = "vlsam", *, profile: str | Path | None = None) -> VlsamConfig:
-    """Schema defaults, then the YAML file (if given), then the profile overlay (if given,
-    see ``resolve_profile``), then ``overrides`` (dotted keys); validated."""
-    return from_flat(layered_parameters(path, profile, overrides, node_name))
-
-
-# ----------------------------------------------------------------------------------------
-# Profiles: named overlay YAML files (config/profiles/<name>.yaml)
-# ----------------------------------------------------------------------------------------
-
-PACKAGE_NAME = "vlsam_ros"
-PROFILE_SUFFIX = ".yaml"
-_PROFILE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def profile_dirs() -> list[Path]:
-    """Existing folders searched for named profiles, in order:
-
-    1. ``config/profiles`` of the source tree holding this package (a checkout or an
-       editable install);
-    2. ``<prefix>/share/vlsam_ros/config/profiles`` of the install prefix holding this
-       module (``<prefix>/lib/pythonX.Y/site-packages/vlsam_ros/core/config.py``, as colcon
-       installs it), then of every prefix in ``AMENT_PREFIX_PATH`` (a sourced ROS 2
-       workspace).
-    """
-    here = Path(__file__).resolve()
-    candidates = [here.parents[2] / "config" / "profiles"]
-    prefixes = [here.parents[5]] if len(here.parents) > 5 else []
-    prefixes += [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    candidates += [p / "share" / PACKAGE_NAME / "config" / "profiles" for p in prefixes]
-    out: list[Path] = []
-    for folder in candidates:
-        if folder.is_dir() and folder not in out:
-            out.append(folder)
-    return out
-
-
-def available_profiles() -> dict[str, Path]:
-    """``{name: file}`` of every named profile; the first folder of ``profile_dirs`` wins."""
-    found: dict[str, Path] = {}
-    for folder in profile_dirs():
-        for file in sorted(folder.glob("*" + PROFILE_SUFFIX)):
-            found.setdefault(file.name[:-len(PROFILE_SUFFIX)], file)
-    return dict(sorted(found.items()))
-
-
-def resolve_profile(profile: str | Path) -> Path:
-    """The YAML file of a profile given by name (``paper`` -> ``.../profiles/paper.yaml``,
-    looked up in ``profile_dirs``) or by path (anything with a ``/`` or a ``.yaml``/``.yml``
-    suffix). Raises ConfigError for a missing file or an unknown name; the latter lists the
-    available profiles."""
-    text = str(profile).strip()
-    if not text:
-        raise ConfigError("profile: empty name")
-    if isinstance(profile, Path) or "/" in text or os.sep in text \
-            or text.endswith((".yaml", ".yml")):
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"profile file not found: {path}")
-        return path
-    if not _PROFILE_NAME.match(text):
-        raise ConfigError(f"profile {text!r}: a name is letters, digits, '_' and '-', or "
-                          "give the path of a profile YAML")
-    available = available_profiles()
-    if text in available:
-        return available[text]
-    searched = ", ".join(str(d) for d in profile_dirs()) or "no profile folder found"
-    raise ConfigError(f"unknown profile {text!r}: available profiles are "
-                      f"{', '.join(available) or 'none'} (searched {searched}); or give the "
-                      "path of a profile YAML")
-
-
-def layered_parameters(path: str | Path | None = None, profile: str | Path | None = None,
-                       overrides: Mapping[str, Any] | None = None,
-                       node_name: str = "vlsam") -> dict[str, Any]:
-    """Dotted parameters in the one layering order of every tool, not yet validated:
-    the params file ``path`` (if given), then the profile overlay (if given), then
-    ``overrides`` (e.g. ``--set`` flags); schema defaults fill the rest in ``from_flat``.
-    Profile files use the ROS parameter-file layout (``/**`` or the node's entry)."""
-    flat: dict[str, Any] = {}
-    if path is not None:
-        flat.update(parameters_from_yaml(path, node_name))
-    if profile is not None:
-        flat.update(parameters_from_yaml(resolve_profile(profile), node_name))
-    if overrides:
-        flat.update(overrides)
-    return flat
-
-
-def parse_set_flags(items: list[str] | None) -> dict[str, Any]:
-    """``["prompts.threshold=0.4", ...]`` -> ``{"prompts.threshold": "0.4"}``.
-
-    Values stay strings here; the schema coerces them to the field's type.
-    """
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        out[key.strip()] = raw
-    return out

@@ -1,4 +1,4 @@
-"""Mask geometry: boxes from masks, mask IoU, mask-IoU NMS and COCO run-length encoding.
+"""Mask geometry: boxes from masks, mask IoU and COCO run-length encoding.
 
 Masks are bool (H, W) arrays (or stacks (K, H, W)) in the pixel frame of
 ``vlsam_ros.core.results``. Boxes are (x0, y0, x1, y1) integer pixels with x1/y1 exclusive.
@@ -10,7 +10,6 @@ candidates never need to exist at once.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -41,19 +40,23 @@ def encode_rle(mask: np.ndarray) -> Rle:
     return mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
 
 
+def rle_to_json(rle: Rle) -> dict:
+    """Compressed (bytes counts) or uncompressed (list counts) COCO RLE -> compressed COCO RLE
+    with str ``counts``: the one JSON form of masks in result files and annotations."""
+    height, width = (int(v) for v in rle["size"])
+    if isinstance(rle.get("counts"), list):
+        rle = mask_utils.frPyObjects(rle, height, width)
+    counts = rle["counts"]
+    return {"size": [height, width],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else str(counts)}
+
+
 def decode_rle(rle: Rle) -> np.ndarray:
     """Compressed or uncompressed COCO RLE -> bool (H, W)."""
     if isinstance(rle.get("counts"), list):
         height, width = rle["size"]
         rle = mask_utils.frPyObjects(rle, height, width)
     return mask_utils.decode(rle).astype(bool)
-
-
-def rle_area(rles: Sequence[Rle]) -> np.ndarray:
-    """Pixel counts of compressed RLEs, int64 (N,)."""
-    if not rles:
-        return np.zeros(0, dtype=np.int64)
-    return np.asarray(mask_utils.area(list(rles)), dtype=np.int64)
 
 
 def rle_box(rle: Rle) -> tuple[int, int, int, int]:
@@ -108,48 +111,3 @@ def rle_counts_to_mask(counts: Sequence[int], height: int, width: int) -> np.nda
         raise ValueError(f"RLE counts sum to {total}, expected {height} x {width} = "
                          f"{height * width}")
     return decode_rle({"size": [int(height), int(width)], "counts": [int(c) for c in counts]})
-
-
-@dataclasses.dataclass(frozen=True)
-class NmsGroup:
-    """One kept candidate and the candidates it suppressed (indices into the input)."""
-
-    keep: int
-    suppressed: tuple[int, ...]
-
-
-def mask_nms(rles: Sequence[Rle], scores: np.ndarray, iou_threshold: float) -> list[NmsGroup]:
-    """Greedy mask-IoU NMS.
-
-    Candidates are visited by decreasing score (ties: lower index first). Each unsuppressed
-    candidate is kept and suppresses every later candidate whose mask IoU with it is
-    strictly above ``iou_threshold``. Returns the kept groups in visiting order.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape != (len(rles),):
-        raise ValueError(f"scores must have shape ({len(rles)},), got {scores.shape}")
-    order = np.argsort(-scores, kind="stable")
-    iou = rle_iou(rles, rles)
-    alive = np.ones(len(rles), dtype=bool)
-    groups: list[NmsGroup] = []
-    for i in order:
-        if not alive[i]:
-            continue
-        alive[i] = False
-        victims = [int(j) for j in order if alive[j] and iou[i, j] > iou_threshold]
-        alive[victims] = False
-        groups.append(NmsGroup(int(i), tuple(victims)))
-    return groups
-
-
-def merge_labels(kept_label: str, others: Sequence[str]) -> tuple[str, ...]:
-    """Alternative labels of a merged detection: ``others`` in order, without duplicates
-    (case-insensitive) and without the kept label itself."""
-    seen = {kept_label.strip().lower()}
-    out: list[str] = []
-    for label in others:
-        key = label.strip().lower()
-        if key and key not in seen:
-            seen.add(key)
-            out.append(label)
-    return tuple(out)

@@ -6,6 +6,9 @@ Per frame:
 2. the questions (``questions.QuestionCache``, built once per configuration);
 3. ONE ``vlm.describe`` batch over every (view, question) pair, while a worker thread runs
    the SAM image encoder once per view (``sam.overlap_encoder``);
+   With ``prompts.dropout_iterations`` > 0, Salience DropOut then completes the maps
+   (``salience_dropout.complete_maps``: teacher-forced re-runs on blacked-out patches);
+   with ``attention.gradcam`` the VLM weights its maps by their gradients (``gradcam.py``);
 4. per view, every named object of every question is prompted and refined
    (``refinement.segment_objects``: one decoder call per round for all of them);
 5. tile masks touching a tile edge inside the image are dropped
@@ -14,11 +17,11 @@ Per frame:
    question, in full-frame coordinates, as the paper does. (NMS within each view first and
    then across views would lose a candidate suppressed in its view by one that a better
    candidate of another view removes later.) The kept detection keeps its label; the
-   labels it absorbed become ``alt_labels``. Then ``ensemble.min_score`` and the
-   ``ensemble.max_detections`` best by score.
+   labels it absorbed become ``alt_labels`` (``merging.merge_candidates``). Then
+   ``ensemble.min_score`` and the ``ensemble.max_detections`` best by score.
 
 Detection score = SAM's predicted IoU x mean normalised attention inside the mask
-(``prompts.detection_score``); merging keeps the highest score of its group.
+(``refinement.detection_score``); merging keeps the highest score of its group.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ import numpy as np
 from vlsam_ros.core import cancellation
 from vlsam_ros.core.cancellation import CancellationToken
 from vlsam_ros.core.config import ConfigError, VlsamConfig, schema, to_flat
-from vlsam_ros.core.errors import InvalidImageError
-from vlsam_ros.core.masks import (box_from_mask, decode_rle, encode_rle, mask_nms,
-                                  merge_labels, rle_box)
+from vlsam_ros.core.image_check import check_image
+from vlsam_ros.core import merging
+from vlsam_ros.core.masks import box_from_mask, decode_rle, encode_rle, rle_box
 from vlsam_ros.core.questions import QuestionCache
 from vlsam_ros.core.refinement import Candidate, DecodeStats, ObjectMap, segment_objects
 from vlsam_ros.core.results import Detection, FrameResult, VlmAnswer
+from vlsam_ros.core.salience_dropout import complete_maps
 from vlsam_ros.core.segmenter.base import PromptableSegmenter
 from vlsam_ros.core.tiles import View, make_views
 
@@ -52,21 +56,6 @@ LOG = logging.getLogger(__name__)
 
 # Sections whose non-runtime fields define loaded models; the core ignores cameras/node.*.
 _MODEL_SECTIONS = ("device", "vlm.", "sam.", "attention.", "prompts.", "ensemble.")
-
-
-def check_image(image: Any, min_side: int = 1) -> None:
-    """Raises InvalidImageError unless ``image`` is an RGB uint8 (H, W, 3) numpy array with
-    both sides >= ``min_side``."""
-    if not isinstance(image, np.ndarray):
-        raise InvalidImageError(f"expected an RGB uint8 numpy array (H, W, 3), got "
-                                f"{type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise InvalidImageError(f"expected dtype uint8 (RGB, 0..255), got {image.dtype}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidImageError(f"expected shape (H, W, 3) (RGB), got {image.shape}")
-    if image.shape[0] < min_side or image.shape[1] < min_side:
-        raise InvalidImageError(f"image of {image.shape[0]} x {image.shape[1]} pixels is too "
-                                f"small (each side must be >= {min_side})")
 
 
 def model_fields_changed(old: VlsamConfig, new: VlsamConfig) -> list[str]:
@@ -86,7 +75,7 @@ class _ViewJob:
 class Pipeline:
     """VL-SAM on one frame at a time. Thread-safe: concurrent ``run`` calls are serialised.
 
-    ``last_stage_ms`` holds the stage times of the latest frame (ms): questions (question
+    Each result's ``stage_ms`` holds the frame's stage times (ms): questions (question
     set built during this frame, else 0), vlm, encoder (SAM image encoder, all views),
     decoder (all SAM decoder calls), prompts_merge (point sampling, scoring, NMS, mapping),
     total; plus the counts ``decoder_calls``, ``prompts`` (decoded) and
@@ -104,7 +93,6 @@ class Pipeline:
         self._run_lock = threading.Lock()
         self._applied_sam = cfg.sam
         self.segmenter.configure(cfg.sam)
-        self.last_stage_ms: dict[str, float] = {}
         if cfg.ensemble.num_questions > 1:
             self.questions()                 # generated once, here, not on the first frame
 
@@ -162,7 +150,7 @@ class Pipeline:
             candidates: list[Candidate] = []       # every view's, in full-frame coordinates
             for i, job in enumerate(jobs):
                 cancellation.check(f"before segmenting view {i + 1} of {len(jobs)}")
-                objects = [ObjectMap(o.name, a.attention_maps[k])
+                objects = [ObjectMap(o.name, a.attention_maps[k], a.patch_cell_px())
                            for a in job.answers for k, o in enumerate(a.objects)]
                 if not objects:
                     continue
@@ -172,18 +160,18 @@ class Pipeline:
                     found = [c for c in found
                              if not job.view.touches_inner_edge(rle_box(c.rle), (height, width))]
                 candidates.extend(_to_full_frame(c, job.view, (height, width)) for c in found)
-            kept = [c for c in _merge(candidates, cfg.ensemble.nms_iou)
+            kept = [c for c in merging.merge_candidates(candidates, cfg.ensemble.nms_iou)
                     if c.score >= cfg.ensemble.min_score]
             kept.sort(key=lambda c: -c.score)
             detections = tuple(_to_detection(c) for c in kept[:cfg.ensemble.max_detections])
             stages["decoder"] = decode.decoder_ms
             stages["prompts_merge"] = _ms(t) - decode.decoder_ms
             total = _ms(start)
-            self.last_stage_ms = {**stages, "total": total, "decoder_calls": decode.calls,
-                                  "prompts": decode.prompts,
-                                  "duplicate_prompts": decode.duplicates}
+            stage_ms = {**stages, "total": total, "decoder_calls": decode.calls,
+                        "prompts": decode.prompts, "duplicate_prompts": decode.duplicates}
             segment_ms = stages["encoder"] + stages["decoder"] + stages["prompts_merge"]
-            return FrameResult(detections, description, stages["vlm"], segment_ms, total)
+            return FrameResult(detections, description, stages["vlm"], segment_ms, total,
+                               stage_ms=stage_ms)
 
     def _embed(self, images: Sequence[np.ndarray], stages: dict[str, float]) -> list[Any]:
         t = time.perf_counter()
@@ -216,6 +204,14 @@ class Pipeline:
             answers = self.vlm.describe(images, asked, cfg.vlm, cfg.attention)
             stages["vlm"] = _ms(t)
         _check_answers(answers, images)
+        if cfg.prompts.dropout_iterations > 0:
+            # Salience DropOut (prompts.dropout_*): black out the most attended patches,
+            # re-run the VLM on the same text and sum the maps, before they become prompts.
+            t = time.perf_counter()
+            answers = complete_maps(self.vlm, images, asked, answers, cfg.vlm, cfg.attention,
+                                    cfg.prompts.dropout_iterations, cfg.prompts.dropout_patches)
+            stages["vlm"] += _ms(t)
+            _check_answers(answers, images)
         nq = len(questions)
         jobs = [_ViewJob(v, crop, tuple(answers[i * nq:(i + 1) * nq]))
                 for i, (v, crop) in enumerate(zip(views, crops))]
@@ -250,22 +246,6 @@ def _check_answers(answers: Sequence[VlmAnswer], images: Sequence[np.ndarray]) -
             raise ValueError(f"the VLM returned attention maps of shape "
                              f"{answer.attention_maps.shape}, expected {expected} "
                              "(one map per object, sized to the image)")
-
-
-def _merge(candidates: Sequence[Candidate], iou_threshold: float) -> list[Candidate]:
-    """Mask-IoU NMS; each kept candidate absorbs the labels of those it suppressed."""
-    if not candidates:
-        return []
-    groups = mask_nms([c.rle for c in candidates], np.array([c.score for c in candidates]),
-                      iou_threshold)
-    out = []
-    for g in groups:
-        kept = candidates[g.keep]
-        absorbed = [kept.label] + list(kept.alt_labels)
-        for j in g.suppressed:
-            absorbed += [candidates[j].label, *candidates[j].alt_labels]
-        out.append(dataclasses.replace(kept, alt_labels=merge_labels(kept.label, absorbed)))
-    return out
 
 
 def _to_full_frame(c: Candidate, view: View, full_shape: tuple[int, int]) -> Candidate:

@@ -2,7 +2,9 @@
 
 Rounds (``prompts.refinement_rounds`` = R):
 
-* round 0: one positive/negative pair per object map -> SAM's best mask and its logits;
+* round 0: one positive/negative pair per object map -> SAM's best mask and its logits
+  (the LENS keypoint options of ``prompts.KeypointOptions`` refine and multiply the
+  positive points of every round's prompts);
 * round 1 (R >= 1, cascade): the same points again, with round 0's low-res logits as the
   mask prompt; the refined mask replaces round 0's;
 * round r >= 2 (masked attention): the object's map is zeroed inside every mask found for
@@ -10,31 +12,56 @@ Rounds (``prompts.refinement_rounds`` = R):
   name. An object stops when its remaining maximum falls under ``prompts.threshold``.
 
 Every round sends the prompts of all still-active objects to ONE batched decoder call
-(exact duplicate prompts are decoded once).
+(exact duplicate prompts are decoded once). Each mask is scored by :func:`detection_score`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import PromptConfig
 from vlsam_ros.core.masks import Rle, encode_rle
-from vlsam_ros.core.prompts import (PointPrompt, detection_score, sample_point_pair,
-                                    stack_prompts, suppress_attention)
+from vlsam_ros.core.prompts import KeypointOptions, PointPrompt, sample_point_pair, stack_prompts
 from vlsam_ros.core.segmenter.base import PromptableSegmenter, SegmentationBatch
+
+
+def suppress_attention(attention: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Copy of ``attention`` with every pixel inside any of ``masks`` (bool (H, W)) set to 0:
+    the masked-attention step of refinement (method.md section 4)."""
+    out = attention.copy()
+    for mask in masks:
+        out[mask] = 0.0
+    return out
+
+
+def detection_score(iou_prediction: float, attention: np.ndarray, mask: np.ndarray) -> float:
+    """score = SAM's predicted IoU x mean normalised attention inside the mask.
+
+    The first factor rates the mask's quality, the second how much of the VLM's attention
+    for the name the mask explains; both lie in [0, 1] for a normalised map, and the
+    product is clipped to [0, 1]. An empty mask scores 0.
+    """
+    if not mask.any():
+        return 0.0
+    value = float(iou_prediction) * float(attention[mask].mean())
+    return float(np.clip(value, 0.0, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectMap:
-    """One named object of a VLM answer: its label and float32 (H, W) map in [0, 1]."""
+    """One named object of a VLM answer: its label and float32 (H, W) map in [0, 1];
+    ``cell_px`` = (width, height) of one patch cell of the map in pixels (needed by the
+    keypoint options, ``prompts.KeypointOptions``)."""
 
     label: str
     attention: np.ndarray
+    cell_px: tuple[float, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +70,7 @@ class Candidate:
 
     rle: compressed COCO RLE of the bool mask; area: its pixel count.
     points: float32 (P, 2) (x, y) prompt points; point_labels: int8 (P,) 1 pos / 0 neg.
-    score: SAM predicted IoU x mean attention inside the mask (prompts.detection_score).
+    score: SAM predicted IoU x mean attention inside the mask (:func:`detection_score`).
     round: the refinement round that produced it.
     alt_labels: labels of candidates merged into this one by NMS.
     """
@@ -100,14 +127,22 @@ def _decode(segmenter: PromptableSegmenter, embedding: Any, prompts: Sequence[Po
                              batch.low_res_logits[inverse])
 
 
-def _sample(remaining: list[np.ndarray], indices: Sequence[int], cfg: PromptConfig
-            ) -> tuple[list[int], list[PointPrompt]]:
+def keypoint_options(cfg: PromptConfig) -> KeypointOptions:
+    """The LENS keypoint options (``prompts.subpixel_peak``, ``prompts.positive_points``,
+    ``prompts.positive_separation_cells``) of a prompt configuration."""
+    return KeypointOptions(cfg.subpixel_peak, cfg.positive_points,
+                           cfg.positive_separation_cells)
+
+
+def _sample(remaining: list[np.ndarray], objects: Sequence[ObjectMap], indices: Sequence[int],
+            cfg: PromptConfig) -> tuple[list[int], list[PointPrompt]]:
     """New point pairs for the objects ``indices``; drops those with nothing left."""
     kept: list[int] = []
     prompts: list[PointPrompt] = []
+    keypoints = keypoint_options(cfg)
     for i in indices:
         prompt = sample_point_pair(remaining[i], cfg.threshold, cfg.connectivity,
-                                   cfg.negative_point)
+                                   cfg.negative_point, keypoints, objects[i].cell_px)
         if prompt is not None:
             kept.append(i)
             prompts.append(prompt)
@@ -138,7 +173,7 @@ def segment_objects(segmenter: PromptableSegmenter, embedding: Any,
             candidates.append(Candidate(objects[i].label, score, encode_rle(mask), area,
                                         prompts[k].points, prompts[k].labels, rnd))
 
-    alive, prompts = _sample(remaining, range(len(objects)), cfg)
+    alive, prompts = _sample(remaining, objects, range(len(objects)), cfg)
     if not prompts:
         return candidates
     batch = _decode(segmenter, embedding, prompts, None, stats)              # round 0
@@ -148,7 +183,7 @@ def segment_objects(segmenter: PromptableSegmenter, embedding: Any,
         rnd = 1
     collect(batch, alive, prompts, rnd)
     for rnd in range(2, cfg.refinement_rounds + 1):                          # masked attention
-        alive, prompts = _sample(remaining, alive, cfg)
+        alive, prompts = _sample(remaining, objects, alive, cfg)
         if not prompts:
             break
         collect(_decode(segmenter, embedding, prompts, None, stats), alive, prompts, rnd)

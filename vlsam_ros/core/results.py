@@ -31,6 +31,11 @@ class VlmAnswer:
     ``attention_maps`` is float32 of shape (K, H, W), one map per entry of ``objects``, min-max
     normalised to [0, 1] and upsampled to the image that was given (H x W pixels).
     ``grid_shape`` is the (rows, cols) patch grid the maps were computed on.
+    ``grid_box_xyxy`` (optional) is the pixel box of the image the grid covers (cell (r, c)
+    spans ``x0 + c (x1 - x0) / cols`` to ``x0 + (c + 1) (x1 - x0) / cols``, likewise in y);
+    None means the whole image. ``token_ids`` (optional) are the generated token ids up to and
+    including the first end-of-sequence token, so a teacher-forced re-run (Salience DropOut)
+    can feed exactly the same text again.
     """
 
     question: str
@@ -38,6 +43,17 @@ class VlmAnswer:
     objects: tuple[ObjectName, ...]
     attention_maps: np.ndarray
     grid_shape: tuple[int, int]
+    grid_box_xyxy: tuple[float, float, float, float] | None = None
+    token_ids: tuple[int, ...] = ()
+
+    def patch_cell_px(self) -> tuple[float, float]:
+        """(width, height) in pixels of one cell of the patch grid (``grid_box_xyxy``)."""
+        rows, cols = self.grid_shape
+        if self.grid_box_xyxy is None:
+            h, w = self.attention_maps.shape[1:]
+            return w / cols, h / rows
+        x0, y0, x1, y1 = self.grid_box_xyxy
+        return (x1 - x0) / cols, (y1 - y0) / rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +86,9 @@ class FrameResult:
     """Everything the pipeline produced for one frame; times in milliseconds.
 
     ``discovery``: whether this frame ran discovery (the VLM); always True without
-    tracking, where every frame does."""
+    tracking, where every frame does. ``stage_ms``: the pipeline's per-stage times and counts
+    for this frame (``Pipeline.run`` lists the keys; empty when not measured, e.g. a result
+    read back from a message); not part of equality."""
 
     detections: tuple[Detection, ...]
     description: str
@@ -78,3 +96,4 @@ class FrameResult:
     segment_ms: float
     total_ms: float
     discovery: bool = True
+    stage_ms: dict[str, float] = dataclasses.field(default_factory=dict, compare=False)

@@ -68,9 +68,9 @@ def run_live(frames: list[tuple[np.ndarray, int]], overrides: dict[str, Any], ou
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from vlsam_ros.ros.conversions import msg_to_dicts
+    from vlsam_ros.ros.detections import msg_to_dicts
     from vlsam_ros.msg import DetectionArray
-    from vlsam_ros.ros.visualization import rgb_to_image_msg
+    from vlsam_ros.ros.images import image_msg
     from std_msgs.msg import Header
 
     out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def run_live(frames: list[tuple[np.ndarray, int]], overrides: dict[str, Any], ou
         for index, (rgb, stamp) in enumerate(frames):
             header = Header(frame_id="cam_front")
             header.stamp.sec, header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-            msg = rgb_to_image_msg(rgb, header, encoding="bgr8" if index % 2 else "rgb8")
+            msg = image_msg(rgb, header, encoding="bgr8" if index % 2 else "rgb8")
             deadline = time.monotonic() + timeout_s
             next_send = 0.0
             while time.monotonic() < deadline and not (stamp in got and stamp in overlays):
@@ -192,7 +192,7 @@ def _demo(args: argparse.Namespace) -> int:
           "shows the plumbing. Put real weights in config/vlsam.yaml for real output.")
     family = "llava"
     if args.profile:
-        from vlsam_ros.core.config import load_config
+        from vlsam_ros.core.config_files import load_config
 
         family = load_config("config/vlsam.yaml", profile=args.profile).vlm.family
     if not (args.models / family / "config.json").is_file():

@@ -54,12 +54,11 @@ from vlsam_ros.core.cancellation import CancellationToken, FrameCancelled
 from vlsam_ros.core.config import ConfigError, VlsamConfig
 from vlsam_ros.core.errors import InvalidImageError, VlsamError
 from vlsam_ros.core.results import FrameResult
-from vlsam_ros.ros.detection_messages import (frame_result_to_detection2d_array,
-                                              frame_result_to_msg, latency_ms,
-                                              vision_msgs_enabled)
+from vlsam_ros.ros.detections import (frame_result_to_detection2d_array, frame_result_to_msg,
+                                      latency_ms, vision_msgs_enabled)
 from vlsam_ros.ros.diagnostics import (CameraCounts, CameraReport, CameraStats, camera_status,
                                    diagnostic_array, rate_line)
-from vlsam_ros.ros.image_decoding import compressed_to_rgb, image_to_rgb
+from vlsam_ros.ros.images import decode_image_msg
 from vlsam_ros.ros.latest_frame_slot import FrameSlots, SlotObserver
 from vlsam_ros.msg import DetectionArray
 from vlsam_ros.ros.parameters import (config_from_parameters, config_with_changes,
@@ -525,7 +524,7 @@ class VlsamNode(LifecycleNode):
         cancelled ``token`` ends the frame at its next safe point (FrameCancelled)."""
         cfg = self._current_config()
         try:
-            image = self._decode(cam, msg, cfg)
+            image = decode_image_msg(msg, cfg.node)
         except InvalidImageError as exc:
             cam.stats.record_malformed()
             self.get_logger().warning(f"{cam.topics.input}: skipped malformed frame: {exc}",
@@ -551,12 +550,6 @@ class VlsamNode(LifecycleNode):
                                     throttle_duration_sec=cfg.node.log_throttle_s)
             return
         self._publish(cam, msg.header, image, result, cfg)
-
-    @staticmethod
-    def _decode(cam: _Camera, msg: Any, cfg: VlsamConfig) -> np.ndarray:
-        decode = compressed_to_rgb if cam.topics.compressed else image_to_rgb
-        return decode(msg, max_pixels=cfg.node.max_image_pixels,
-                      uint16_scaling=cfg.node.uint16_scaling)
 
     def _publish(self, cam: _Camera, header: Any, image: np.ndarray, result: FrameResult,
                  cfg: VlsamConfig) -> None:

@@ -21,7 +21,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsam_ros.core.config import ConfigError, from_flat, layered_parameters, parse_set_flags
+from vlsam_ros.core.config import ConfigError, from_flat
+from vlsam_ros.core.config_files import layered_parameters, parse_set_flags
 from vlsam_ros.tools.cli import EXIT_OK, ToolError, ToolParser, check_input, run_tool
 from vlsam_ros.ros.spin import exit_process
 from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text

@@ -36,7 +36,7 @@ import numpy as np
 
 from vlsam_ros.core.cancellation import CancellationToken, FrameCancelled
 from vlsam_ros.core.config import VlsamConfig
-from vlsam_ros.core.pipeline import check_image
+from vlsam_ros.core.image_check import check_image
 from vlsam_ros.core.results import FrameResult
 from vlsam_ros.core.tracking.factory import build_follower
 from vlsam_ros.core.tracking.tracker import Tracker, tracked_result

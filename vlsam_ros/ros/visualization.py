@@ -2,7 +2,7 @@
 decides whether anyone subscribes before calling them.
 
 Pixel frame as in ``vlsam_ros.core.results`` (x right, y down, origin top-left). The message
-builders take detections in publication order (``detection_messages.ranked_detections``,
+builders take detections in publication order (``detections.ranked_detections``,
 as in the DetectionArray), and detection ``i`` is drawn in :func:`detection_colour` ``(i)``
 in both outputs, so the overlay, the markers and ``detections[i]`` agree. With tracking
 the colour follows the track id instead (:func:`colour_key`), so an object keeps its
@@ -20,7 +20,8 @@ import numpy as np
 
 from vlsam_ros.core.config import NodeConfig
 from vlsam_ros.core.results import Detection, FrameResult
-from vlsam_ros.ros.detection_messages import ranked_detections
+from vlsam_ros.ros.detections import ranked_detections
+from vlsam_ros.ros.images import image_msg
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _GOLDEN_RATIO_CONJUGATE = 0.6180339887498949  # hue step that keeps neighbours far apart
@@ -120,35 +121,13 @@ def _draw_tag(out: np.ndarray, text: str, corner: tuple[int, int],
                 cv2.LINE_AA)
 
 
-def rgb_to_image_msg(image_rgb: np.ndarray, header: Any, encoding: str = "rgb8") -> Any:
-    """uint8 (H, W, 3) RGB -> ``sensor_msgs/Image`` with ``encoding`` "rgb8" or "bgr8",
-    unpadded rows (step = 3 W), little-endian flag 0, ``header`` used unchanged."""
-    from sensor_msgs.msg import Image
-
-    if encoding not in ("rgb8", "bgr8"):
-        raise ValueError(f"encoding {encoding!r}: expected 'rgb8' or 'bgr8'")
-    image_rgb = np.asarray(image_rgb)
-    if image_rgb.dtype != np.uint8 or image_rgb.ndim != 3 or image_rgb.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image_rgb.shape} "
-                         f"{image_rgb.dtype}")
-    pixels = image_rgb if encoding == "rgb8" else image_rgb[:, :, ::-1]
-    msg = Image()
-    msg.header = header
-    msg.height, msg.width = int(pixels.shape[0]), int(pixels.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = 3 * msg.width
-    msg.data = np.ascontiguousarray(pixels).tobytes()
-    return msg
-
-
 def overlay_msg(image_rgb: np.ndarray, result: FrameResult, header: Any,
                 cfg: NodeConfig = NodeConfig(), encoding: str = "rgb8") -> Any:
     """The ``~/overlay`` message: :func:`draw_overlay` of the detections in publication order
     (``ranked_detections``: colour ``i`` = ``detections[i]`` of the DetectionArray), then
-    :func:`rgb_to_image_msg`."""
+    :func:`vlsam_ros.ros.images.image_msg`."""
     detections = ranked_detections(result.detections)
-    return rgb_to_image_msg(draw_overlay(image_rgb, detections, cfg), header, encoding)
+    return image_msg(draw_overlay(image_rgb, detections, cfg), header, encoding=encoding)
 
 
 def metres_per_pixel(image_width: int, cfg: NodeConfig = NodeConfig()) -> float:

@@ -212,9 +212,3 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
     return value
 
-
-def options_without_help(parser: argparse.ArgumentParser) -> list[str]:
-    """The options and positionals of ``parser`` that have no help text (should be none)."""
-    return [action.option_strings[0] if action.option_strings else action.dest
-            for action in parser._actions
-            if not isinstance(action, argparse._HelpAction) and not action.help]

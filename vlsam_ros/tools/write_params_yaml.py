@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlsam_ros.core.config import (VlsamConfig, from_flat, layered_parameters, parse_set_flags,
-                                   schema, to_flat)
+from vlsam_ros.core.config import VlsamConfig, from_flat, schema, to_flat
+from vlsam_ros.core.config_files import layered_parameters, parse_set_flags
 from vlsam_ros.tools.cli import EXIT_OK, ToolParser, run_tool, write_text_atomically
 
 HEADER = """\

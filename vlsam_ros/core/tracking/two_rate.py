@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vlsam_ros.core.config import VlsamConfig
-from vlsam_ros.core.pipeline import check_image
+from vlsam_ros.core.image_check import check_image
 from vlsam_ros.core.results import FrameResult
 from vlsam_ros.core.tracking.tracker import DiscoveryReport, FollowReport, Tracker, tracked_result
 from vlsam_ros.core.tracking.tracks import TrackIdSource

@@ -25,3 +25,16 @@ class VisionLanguageModel(Protocol):
     def generate_text(self, prompt: str, vlm_cfg: VlmConfig) -> str:
         """Text-only generation (used to write question rephrasings)."""
         ...
+
+
+class TeacherForcedVlm(VisionLanguageModel, Protocol):
+    """A VLM that can also re-run text it generated (Salience DropOut,
+    ``core/salience_dropout.py``). Optional: only ``prompts.dropout_iterations`` > 0 needs it."""
+
+    def attend(self, images: Sequence[np.ndarray], questions: Sequence[str],
+               answers: Sequence[VlmAnswer], vlm_cfg: VlmConfig,
+               attn_cfg: AttentionConfig) -> list[np.ndarray]:
+        """Maps of ``answers[i]``'s objects on ``images[i]`` (same size as the image the
+        answer was generated on) with the answer's generated text fed back, without
+        generating: float32 (K_i, H_i, W_i) each, made as ``describe`` makes them."""
+        ...

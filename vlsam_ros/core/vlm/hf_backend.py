@@ -12,7 +12,8 @@ Attention (method.md section 2) is captured during the real ``generate`` call:
 * ``attention.capture = 'reference'``: eager attention, full probabilities, full flow
   matrix (``attention.reference_object_rows``).
 
-Object token rows: the map of a name uses, for each of its generated tokens, the query row
+Object token rows (``token_rows.query_rows``): the map of a name uses, for each of its generated
+tokens, the query row
 that *generated* that token (the position just before it), which is the attention returned
 for that step by ``generate(output_attentions=True)`` and exists for every generated token
 (the last generated token is never fed back). Multi-token names average their rows.
@@ -36,27 +37,17 @@ import torch
 
 from vlsam_ros.core import attention as attn
 from vlsam_ros.core.config import AttentionConfig, VlmConfig
-from vlsam_ros.core.errors import (AttentionUnavailableError, InvalidImageError,
-                                   ModelNotFoundError)
+from vlsam_ros.core.errors import AttentionUnavailableError, ModelNotFoundError
+from vlsam_ros.core.image_check import check_image
 from vlsam_ros.core.results import ObjectName, VlmAnswer
-from vlsam_ros.core.vlm import layouts, prefix_sharing, stopping
+from vlsam_ros.core.vlm import layouts, prefix_sharing, stopping, teacher_forcing
 from vlsam_ros.core.vlm.capture import (AttentionRecorder, QKHook, RowCapture,
                                         attention_modules, capturing)
 from vlsam_ros.core.vlm.image_fit import ImageFit, fit_processor
 from vlsam_ros.core.vlm.object_names import parse_object_names, token_char_spans
+from vlsam_ros.core.vlm.token_rows import query_rows
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def check_image(image: Any, index: int) -> np.ndarray:
-    """Raises InvalidImageError unless ``image`` is an RGB uint8 (H, W, 3) array."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 \
-            or image.shape[2] != 3 or image.shape[0] < 2 or image.shape[1] < 2:
-        desc = (f"{type(image).__name__} {getattr(image, 'dtype', '')} "
-                f"{getattr(image, 'shape', '')}")
-        raise InvalidImageError(f"image {index}: expected an RGB uint8 (H, W, 3) array with "
-                                f"H, W >= 2, got {desc}")
-    return image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +60,7 @@ class _Sample:
     text: str
     objects: tuple[ObjectName, ...]
     rows: tuple[tuple[int, ...], ...]   # per object, query rows in the unpadded sequence
+    token_ids: tuple[int, ...] = ()     # generated ids up to and incl. the first EOS
 
 
 class HuggingFaceVlm:
@@ -157,7 +149,8 @@ class HuggingFaceVlm:
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         if not images:
             return []
-        images = [check_image(im, i) for i, im in enumerate(images)]
+        images = [check_image(im, min_side=2, what=f"image {i}")
+                  for i, im in enumerate(images)]
         prompts = [self._prompt(q, with_image=True) for q in questions]
         processor = self.fitted_processor(vlm_cfg)
         self.match_model_to(processor)
@@ -165,20 +158,29 @@ class HuggingFaceVlm:
         if attn_cfg.capture == "reference":
             self._check_reference_size(inputs, vlm_cfg, attn_cfg)
         samples, rows, rec = self._generate_captured(images, inputs, vlm_cfg, attn_cfg)
+        # GradCAM (attention.gradcam, core/gradcam.py): the last layer's object rows are
+        # weighted by the gradient of the objects' score (one teacher-forced forward per row,
+        # one backward for the batch).
+        leaves = (teacher_forcing.gradcam_pass(self, images, questions,
+                                               [s.token_ids for s in samples],
+                                               [s.objects for s in samples], vlm_cfg, attn_cfg)
+                  if attn_cfg.gradcam else [None] * len(samples))
         answers = []
         for b, (image, question, sample) in enumerate(zip(images, questions, samples)):
             hw = (int(image.shape[0]), int(image.shape[1]))
             valid_ids = inputs["input_ids"][b, sample.pad:].tolist()
             layout = self.image_layout(valid_ids, hw, inputs, b, processor)
             if sample.objects:
-                flow = self._object_rows(rows[b], sample, layout, attn_cfg, rec)
+                flow = self._object_rows(rows[b], sample, layout, attn_cfg, rec, leaves[b])
                 maps = torch.stack([attn.object_map(r, layout.grid_index, hw, layout.box_xyxy)
                                     for r in flow]).numpy().astype(np.float32)
             else:
                 maps = np.zeros((0, hw[0], hw[1]), dtype=np.float32)
             rec.release(rows[b])
             answers.append(VlmAnswer(question=question, text=sample.text, objects=sample.objects,
-                                     attention_maps=maps, grid_shape=layout.grid_shape))
+                                     attention_maps=maps, grid_shape=layout.grid_shape,
+                                     grid_box_xyxy=layout.box_xyxy,
+                                     token_ids=sample.token_ids))
         self.last_capture_peak_bytes = rec.peak_bytes
         return answers
 
@@ -218,6 +220,15 @@ class HuggingFaceVlm:
                                   origin=plan.prefix_width,
                                   prefixes=[prefixes[g] for g in plan.group_of])
         return samples, rows, rec
+
+    def attend(self, images: Sequence[np.ndarray], questions: Sequence[str],
+               answers: Sequence[VlmAnswer], vlm_cfg: VlmConfig,
+               attn_cfg: AttentionConfig) -> list[np.ndarray]:
+        """Maps of ``answers[i]``'s objects on ``images[i]`` (same size as the image the
+        answer came from), its generated text fed back without generating
+        (``teacher_forcing.attend``; Salience DropOut)."""
+        images = [check_image(im, i) for i, im in enumerate(images)]
+        return teacher_forcing.attend(self, images, questions, answers, vlm_cfg, attn_cfg)
 
     def generate_text(self, prompt: str, vlm_cfg: VlmConfig) -> str:
         """Text-only generation with the model's chat template; returns the decoded text."""
@@ -324,16 +335,20 @@ class HuggingFaceVlm:
             text_ids, fed = self._until_eos(sequences[b, padded_len:].tolist())
             text, spans = token_char_spans(self.tokenizer, text_ids)
             objects = parse_object_names(text, spans, cfg=vlm_cfg)
-            rows = tuple(tuple(prompt_len + t - 1 for t in range(*o.token_span)) for o in objects)
+            rows = tuple(query_rows(prompt_len, o.token_span) for o in objects)
             samples.append(_Sample(pad=pad, prompt_len=prompt_len,
                                    seq_len=prompt_len + max(fed, 1) - 1, text=text,
-                                   objects=tuple(objects), rows=rows))
+                                   objects=tuple(objects), rows=rows,
+                                   token_ids=tuple(sequences[b, padded_len:padded_len + fed]
+                                                   .tolist())))
         return samples
 
     def _object_rows(self, row: RowCapture, sample: _Sample, layout: layouts.ImageLayout,
-                     cfg: AttentionConfig, rec: AttentionRecorder) -> torch.Tensor:
+                     cfg: AttentionConfig, rec: AttentionRecorder,
+                     leaves: teacher_forcing.GradcamLeaves | None = None) -> torch.Tensor:
         """(M, N) object rows of the flow for one batch row's capture (fast or reference);
-        ``rec`` accounts the memory the row's capture takes meanwhile."""
+        ``rec`` accounts the memory the row's capture takes meanwhile. ``leaves``: GradCAM
+        probabilities and gradients of the last layer (``attention.gradcam``)."""
         n = sample.seq_len
         if not row.scaling:
             raise AttentionUnavailableError("no attention was captured during generate")
@@ -343,16 +358,29 @@ class HuggingFaceVlm:
                       meanmax_image_keys_only=cfg.meanmax_image_keys_only,
                       regularize=cfg.regularize, row_normalize=cfg.row_normalize,
                       use_flow=cfg.use_flow)
+        top_mask = key_mask if cfg.meanmax_image_keys_only else None
         if cfg.capture == "reference":
             probs = [row.full_probs(layer, n) for layer in range(len(row.probs))]
+            top = None
+            if leaves is not None:      # GradCAM: last layer's rows weighted (core/gradcam.py)
+                w = (attn.meanmax_head_weights(probs[-1].double(), top_mask)
+                     if cfg.head_weighting == "meanmax" else torch.ones(probs[-1].shape[0]))
+                top = teacher_forcing.gradcam_top(leaves, sample.rows, w, cfg)
             return attn.reference_object_rows(probs, list(sample.rows), image_key_mask=key_mask,
-                                              **common)
+                                              top=top, **common)
         queries, keys = rec.sequence(row, n)
         selector = attn.row_selector(list(sample.rows), n, dtype=torch.float64,
                                      device=queries[0].device)
+        top = None
+        if leaves is not None:          # GradCAM: last layer's rows weighted (core/gradcam.py)
+            w = (attn.blockwise_head_weights(
+                queries[-1], keys[-1], row.scaling[-1], cfg.query_block,
+                None if top_mask is None else top_mask.to(queries[0].device))[0]
+                if cfg.head_weighting == "meanmax" else torch.ones(queries[-1].shape[0]))
+            top = teacher_forcing.gradcam_top(leaves, sample.rows, w, cfg)
         return attn.object_flow_rows(queries, keys, selector, row.scaling,
                                      image_key_mask=key_mask.to(queries[0].device),
-                                     query_block=cfg.query_block, **common).cpu()
+                                     query_block=cfg.query_block, top=top, **common).cpu()
 
 
 class LlavaVlm(HuggingFaceVlm):

@@ -33,6 +33,7 @@ from vlsam_ros.offline.replay.bag_io import (FRAME_INDEX_KEY, BagError, frame_in
 from vlsam_ros.offline.datasets.coda_dataset import STAMP_SOURCES, CodaDataset, DatasetError, \
     frame_index, load_coda_dataset, read_frame_rgb
 from vlsam_ros.core.topic_names import topic_name_problem
+from vlsam_ros.ros.images import image_msg
 from vlsam_ros.tools.cli import (EXIT_OK, ToolError, ToolParser, check_new_output,
                                  positive_float, run_tool)
 
@@ -86,10 +87,7 @@ def dataset_to_bag(dataset: CodaDataset, out_bag: str | Path, storage: str = "mc
                 msg = store.types[msgtype](header=header, format=formats[i],
                                            data=np.frombuffer(payloads[i], dtype=np.uint8))
             else:
-                rgb = payloads[i]
-                msg = store.types[msgtype](header=header, height=rgb.shape[0],
-                                           width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
-                                           step=rgb.shape[1] * 3, data=rgb.reshape(-1))
+                msg = image_msg(payloads[i], header, msg_type=store.types[msgtype])
             writer.write(conn, frame.stamp_ns, store.serialize_cdr(msg, msgtype))
         writer.close()
     except BaseException:

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from vlsam_ros.core.masks import encode_rle, rle_to_json
 from vlsam_ros.tools.cli import (EXIT_OK, ToolError, ToolParser, positive_int, run_tool,
                                  staged_output)
 
@@ -108,14 +109,6 @@ def _object_mask(kind: int, height: int, width: int, cx: float, base_y: float,
     return canvas.astype(bool), colour
 
 
-def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
-    """Bool (H, W) mask -> COCO compressed RLE with a str ``counts`` (exact, JSON-ready)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
 def render_frame(index: int, height: int, width: int, rng: np.random.Generator,
                  ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """One scene: RGB uint8 (H, W, 3) and ``[(category_id, visible bool mask (H, W))]``."""
@@ -189,7 +182,7 @@ def _write_dataset(out: Path, num_frames: int, width: int, height: int, seed: in
             annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                 "category_id": category_id, "bbox": box,
                                 "area": int(mask.sum()), "iscrowd": 0,
-                                "segmentation": mask_to_rle(mask)})
+                                "segmentation": rle_to_json(encode_rle(mask))})
     gt = {"info": {"description": "vlsam_ros synthetic street scenes (CODA layout), "
                                   f"seed {seed}"},
           "images": images, "annotations": annotations, "categories": list(CATEGORIES)}

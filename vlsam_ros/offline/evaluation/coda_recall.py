@@ -47,6 +47,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from vlsam_ros.core.masks import rle_to_json
+
 IOU_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.linspace(0.5, 0.95, 10))
 """The ten IoU thresholds of COCOeval (0.50:0.05:0.95), index 0 = 0.50, index 5 = 0.75."""
 
@@ -369,23 +371,19 @@ def plot_recall_vs_iou(report: Mapping[str, Any], path: str | Path,
 # Core results -> COCO result dicts
 # ----------------------------------------------------------------------------------------
 
-def detection_to_coco(image_id: int, label: str, score: float,
-                      box_xyxy: Sequence[float], mask: np.ndarray | None = None,
-                      ) -> dict[str, Any]:
-    """One COCO result dict from a core detection.
+def coco_result(image_id: int, label: str, score: float, box_xyxy: Sequence[float],
+                rle: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One class-agnostic COCO result dict: the one place they are built.
 
     ``box_xyxy`` is (x0, y0, x1, y1) pixels with x1/y1 exclusive, so width = x1 - x0.
-    ``mask`` (bool (H, W)), when given, becomes a compressed RLE ``segmentation`` whose
-    ``counts`` is a str (JSON-ready).
+    ``rle`` (a COCO RLE, compressed or uncompressed), when given, becomes the
+    ``segmentation`` in its JSON form (``masks.rle_to_json``).
     """
     x0, y0, x1, y1 = (float(v) for v in box_xyxy)
     det: dict[str, Any] = {"image_id": int(image_id), "category_id": AGNOSTIC_CATEGORY["id"],
                            "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score),
                            "label": label}
-    if mask is not None:
-        from pycocotools import mask as mask_utils
-
-        rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-        det["segmentation"] = {"size": [int(s) for s in rle["size"]],
-                               "counts": rle["counts"].decode("ascii")}
+    if rle is not None:
+        det["segmentation"] = rle_to_json(rle)
     return det
+

@@ -44,15 +44,6 @@ from vlsam_ros.tools.cli import (EXIT_OK, ToolParser, check_input, check_output_
 LOG = logging.getLogger("vlsam_ros.evaluate")
 
 
-def _compressed_segmentation(uncompressed: dict[str, Any]) -> dict[str, Any]:
-    """COCO uncompressed RLE (list counts) -> compressed RLE with str counts."""
-    from pycocotools import mask as mask_utils
-
-    height, width = uncompressed["size"]
-    rle = mask_utils.frPyObjects(uncompressed, height, width)
-    return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
-
-
 def detections_from_bag(bag: str | Path, frame_index: dict[int, int],
                         topic: str | None = None) -> tuple[list[dict[str, Any]], set[int]]:
     """COCO result dicts of every DetectionArray in ``bag`` and the image ids that had one.
@@ -61,7 +52,7 @@ def detections_from_bag(bag: str | Path, frame_index: dict[int, int],
     no (or, without ``topic``, more than one) DetectionArray topic, or a stamp is not in
     the index.
     """
-    from vlsam_ros.ros.conversions import msg_to_dicts
+    from vlsam_ros.ros.detections import msg_to_dicts
 
     store = vlsam_typestore()
     dets: list[dict[str, Any]] = []
@@ -92,12 +83,8 @@ def detections_from_bag(bag: str | Path, frame_index: dict[int, int],
                 unmatched.append(stamp)
                 continue
             seen.add(image_id)
-            for d in msg_to_dicts(msg):
-                x0, y0, x1, y1 = d["box_xyxy"]
-                dets.append({"image_id": image_id, "category_id": 1,
-                             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                             "score": d["score"], "label": d["label"],
-                             "segmentation": _compressed_segmentation(d["segmentation"])})
+            dets += [coda_recall.coco_result(image_id, d["label"], d["score"], d["box_xyxy"],
+                                             d["segmentation"]) for d in msg_to_dicts(msg)]
     if unmatched:
         raise BagError(f"{bag}: {len(unmatched)} of {total} DetectionArray(s) have header "
                        f"stamps that match no frame of the frame index (first: "

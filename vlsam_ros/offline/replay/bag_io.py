@@ -41,7 +41,7 @@ class BagError(RuntimeError):
 def msg_dir() -> Path:
     """The folder holding ``Detection.msg`` and ``DetectionArray.msg``: the source tree's
     ``msg/`` when running in-tree, else the installed ``share/vlsam_ros/msg``."""
-    in_tree = Path(__file__).resolve().parents[1] / "msg"
+    in_tree = Path(__file__).resolve().parents[3] / "msg"      # <repo>/vlsam_ros/offline/replay
     if (in_tree / "DetectionArray.msg").is_file():
         return in_tree
     try:

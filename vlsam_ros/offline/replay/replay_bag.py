@@ -1,9 +1,10 @@
 """Offline replay: runs the pipeline on every frame of a rosbag2 and writes a bag of results.
 
 Reads a rosbag2 (mcap or sqlite3) with ``rosbags``, decodes every message of the chosen
-camera topics with the node's decoder (``vlsam_ros.ros.conversions.decode_image_msg``), runs
+camera topics with the node's decoder (``vlsam_ros.ros.images.decode_image_msg``), runs
 the pipeline on each one (no frame is skipped for speed; frames are processed in log-time
-order), and writes the results with the node's own conversion (``vlsam_ros.ros.conversions``) to an output bag:
+order), and writes the results with the node's own conversion (``vlsam_ros.ros.detections``)
+to an output bag:
 
 * ``<camera ns>/<node>/detections`` (``vlsam_ros/msg/DetectionArray``), one per input frame,
   e.g. ``/cam_front/vlsam/detections`` for ``/cam_front/image_raw`` (the live node's names,
@@ -65,12 +66,13 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from vlsam_ros.ros import conversions
+from vlsam_ros.ros import detections, images
 from vlsam_ros.offline.replay.bag_io import (DETECTION_ARRAY_TYPE, BagError, iter_messages,
                                              open_reader, open_writer, read_custom_data,
                                              vlsam_typestore)
 from vlsam_ros.ros.camera_topics import CameraTopics, camera_topics
-from vlsam_ros.core.config import ConfigError, VlsamConfig, load_config, parse_set_flags
+from vlsam_ros.core.config import ConfigError, VlsamConfig
+from vlsam_ros.core.config_files import load_config, parse_set_flags
 from vlsam_ros.core.errors import InvalidImageError
 from vlsam_ros.core.results import FrameResult
 from vlsam_ros.tools.cli import (ToolParser, check_input, check_new_output, check_output_parent,
@@ -205,13 +207,13 @@ def select_cameras(reader: Any, requested: Sequence[str], node_name: str, bag: P
 
 class _ResultWriter:
     """Serialises one frame's outputs through the live node's conversion
-    (``conversions.frame_result_to_msg``), with rosbags' message classes: no rclpy
+    (``detections.frame_result_to_msg``), with rosbags' message classes: no rclpy
     and no colcon build needed. The message equals rclpy's (test_replay checks it); unlike
     rclpy, rosbags zeroes CDR alignment padding, which keeps the output reproducible."""
 
     def __init__(self, store: Any, cfg: VlsamConfig, options: ReplayOptions) -> None:
         self._store = store
-        self._types = conversions.MessageTypes.from_typestore(store)
+        self._types = detections.MessageTypes.from_typestore(store)
         self._cfg = cfg
         self._options = options
 
@@ -222,18 +224,16 @@ class _ResultWriter:
             latency = 0.0
         else:  # a replayed stamp is unrelated to the wall clock: report processing time
             latency = result.total_ms
-        msg = conversions.frame_result_to_msg(result, header, latency, types=self._types)
+        msg = detections.frame_result_to_msg(result, header, latency, types=self._types)
         return self._store.serialize_cdr(msg, DETECTION_ARRAY_TYPE)
 
     def overlay(self, rgb: np.ndarray, result: FrameResult, header: Any) -> bytes:
         """Overlay Image CDR (rgb8, unpadded), drawn by the node's ``draw_overlay``."""
         from vlsam_ros.ros.visualization import draw_overlay
 
-        ordered = conversions.ranked_detections(result.detections)  # colours as published
+        ordered = detections.ranked_detections(result.detections)  # colours as published
         pixels = draw_overlay(rgb, ordered, self._cfg.node)
-        msg = self._store.types[IMAGE_TYPE](
-            header=header, height=pixels.shape[0], width=pixels.shape[1], encoding="rgb8",
-            is_bigendian=0, step=3 * pixels.shape[1], data=pixels.reshape(-1))
+        msg = images.image_msg(pixels, header, msg_type=self._store.types[IMAGE_TYPE])
         return self._store.serialize_cdr(msg, IMAGE_TYPE)
 
 
@@ -318,7 +318,7 @@ def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
                     st.frames += 1
                     msg = store.deserialize_cdr(raw, conn.msgtype)
                     try:
-                        rgb = conversions.decode_image_msg(msg, cfg.node)
+                        rgb = images.decode_image_msg(msg, cfg.node)
                         t0 = time.perf_counter()
                         try:
                             if tracking is None:
