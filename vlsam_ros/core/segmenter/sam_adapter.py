@@ -77,7 +77,7 @@ def build_sam_model(sam_type: str) -> torch.nn.Module:
         raise ValueError(f"unknown SAM type {sam_type!r}; expected one of {sorted(SAM_VARIANTS)}")
     variant = SAM_VARIANTS[sam_type]
     package = _import_package(variant.module)
-    builder = getattr(package, "sam_model_registry")[sam_type]
+    builder = package.sam_model_registry[sam_type]
     model = builder(checkpoint=None)
     return model.eval()
 
