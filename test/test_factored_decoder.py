@@ -154,7 +154,7 @@ def segmenter():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_sam_model("vit_t")
-    return SamSegmenter(model, SamConfig())
+    return SamSegmenter(model)
 
 
 @pytest.fixture(scope="module")
@@ -180,13 +180,10 @@ def test_segmenter_factored_equals_stock(segmenter, image, with_logits):
     logits = None
     if with_logits:
         logits = np.random.default_rng(3).normal(0, 3, (6, 1, 256, 256)).astype(np.float32)
-    try:
-        segmenter.configure(SamConfig(decoder="stock"))
-        stock = segmenter.segment(embedding, points, labels, logits)
-        segmenter.configure(SamConfig(decoder="factored", decoder_chunk=4))
-        factored = segmenter.segment(embedding, points, labels, logits)
-    finally:
-        segmenter.configure(SamConfig())
+    stock = segmenter.segment(embedding, points, labels, logits,
+                              sam_cfg=SamConfig(decoder="stock"))
+    factored = segmenter.segment(embedding, points, labels, logits,
+                                 sam_cfg=SamConfig(decoder="factored", decoder_chunk=4))
     np.testing.assert_allclose(factored.low_res_logits, stock.low_res_logits, rtol=0, atol=1e-5)
     np.testing.assert_allclose(factored.iou_predictions, stock.iou_predictions, rtol=0,
                                atol=1e-6)
@@ -201,23 +198,19 @@ def test_image_side_cache_is_built_once_and_reused(segmenter, image):
     embedding = segmenter.embed(image)
     assert embedding.decoder_cache == {}
     points, labels = _point_prompts(3, seed=4)
-    first = segmenter.segment(embedding, points, labels)
+    first = segmenter.segment(embedding, points, labels, sam_cfg=SamConfig())
     cache = embedding.decoder_cache["image_side"]
-    again = segmenter.segment(embedding, points[1:], labels[1:])
+    again = segmenter.segment(embedding, points[1:], labels[1:], sam_cfg=SamConfig())
     assert embedding.decoder_cache["image_side"] is cache
     np.testing.assert_allclose(again.low_res_logits, first.low_res_logits[1:], rtol=0, atol=1e-5)
     other = segmenter.embed(image[::-1].copy())
-    segmenter.segment(other, points, labels)
+    segmenter.segment(other, points, labels, sam_cfg=SamConfig())
     assert other.decoder_cache["image_side"] is not cache
 
 
 @pytest.mark.parametrize("decoder", ["factored", "stock"])
 def test_segment_without_prompts(segmenter, image, decoder):
-    segmenter.configure(SamConfig(decoder=decoder))
-    try:
-        out = segmenter.segment(segmenter.embed(image), np.zeros((0, 2, 2), np.float32),
-                                np.zeros((0, 2), int))
-    finally:
-        segmenter.configure(SamConfig())
+    out = segmenter.segment(segmenter.embed(image), np.zeros((0, 2, 2), np.float32),
+                            np.zeros((0, 2), int), sam_cfg=SamConfig(decoder=decoder))
     assert out.masks.shape == (0, *image.shape[:2])
     assert out.iou_predictions.shape == (0,) and out.low_res_logits.shape == (0, 1, 256, 256)

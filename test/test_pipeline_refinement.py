@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from oracle import OracleSegmenter, PlantedVlm, make_scene
-from vlsam_ros.core.config import PromptConfig
+from vlsam_ros.core.config import PromptConfig, SamConfig
 from vlsam_ros.core.masks import decode_rle
 from vlsam_ros.core.refinement import DecodeStats, ObjectMap, segment_objects
 
@@ -18,7 +18,7 @@ def test_duplicate_prompts_are_decoded_once_and_shared():
     seg = OracleSegmenter()
     stats = DecodeStats()
     found = segment_objects(seg, seg.embed(scene.image), objects,
-                            PromptConfig(refinement_rounds=1), stats)
+                            PromptConfig(refinement_rounds=1), SamConfig(), stats)
     assert [c["k"] for c in seg.calls] == [2, 2]
     assert (stats.calls, stats.prompts, stats.duplicates) == (2, 4, 2)
     assert [c.label for c in found] == ["a", "a again", "b"]
@@ -33,6 +33,7 @@ def test_small_masks_are_dropped_but_still_suppress_attention():
     exact = scene.objects[0].mask.astype(np.float32)          # attention exactly on the object
     seg = OracleSegmenter()
     found = segment_objects(seg, seg.embed(scene.image), [ObjectMap("a", exact)],
-                            PromptConfig(refinement_rounds=3, min_mask_area_px=32 * 32 + 1))
+                            PromptConfig(refinement_rounds=3, min_mask_area_px=32 * 32 + 1),
+                            SamConfig())
     assert found == []
     assert len(seg.calls) == 2, "the area was suppressed, so round 2 finds nothing to prompt"

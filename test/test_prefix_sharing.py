@@ -19,7 +19,8 @@ import torch
 
 from vlsam_ros.core.config import from_flat
 from vlsam_ros.core.results import ObjectName
-from vlsam_ros.core.vlm import BACKENDS, hf_backend, prefix_sharing
+from vlsam_ros.core.vlm import BACKENDS, capture, hf_backend, prefix_attention, prefix_sharing
+from vlsam_ros.core.vlm.capture import attention_modules
 from vlsam_ros.testing.tiny_vlm import FAMILIES, build_tiny_vlm
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -143,22 +144,111 @@ def test_shared_prefix_gives_the_unshared_outputs(vlm, batch, capture, every_tok
 
 
 def test_vision_tower_runs_once_per_distinct_image(vlm, batch):
+    """With sharing the tower encodes each distinct image once (one call per image);
+    without, it encodes every (image, question) row's copy (one batched call)."""
     images, questions = batch
     counter = _TowerCounter(vlm.model)
     try:
+        alone = []
+        for image in images[:2]:               # what each distinct image costs on its own
+            _describe(vlm, [image], questions[:1], share=False)
+            alone.append(counter.rows)
+            counter.reset()
         _describe(vlm, images, questions, share=True)
         shared = (counter.calls, counter.rows)
         counter.reset()
         _describe(vlm, images, questions, share=False)
-        full_rows = counter.rows
-        counter.reset()
-        # What the two distinct images cost the tower on their own (one row each).
-        _describe(vlm, images[:2], questions[:2], share=False)
-        distinct_rows = counter.rows
+        full = (counter.calls, counter.rows)
     finally:
         counter.remove()
-    assert shared == (2, distinct_rows)
-    assert full_rows > distinct_rows
+    rows_a, rows_b = alone
+    assert shared == (2, rows_a + rows_b)                 # rows: A, B (A' equals A)
+    assert full == (1, 3 * rows_a + 2 * rows_b)           # rows: A, B, A, B, A'
+
+
+def test_generation_cache_holds_no_prefix_copy(vlm, batch, monkeypatch):
+    """During the shared ``generate`` every layer attends to ONE prefix key/value tensor per
+    image (no batch dimension, no per-row copy) plus the rows' own keys, which never
+    include the prefix (at most suffix + generated tokens)."""
+    images, questions = batch
+    calls = []
+    real = capture.shared_prefix_attention
+
+    def spy(query, key, value, mask, scaling, prefix, layer, **kwargs):
+        calls.append((key.shape, [(t.dim(), t.data_ptr()) for t in prefix.keys[layer]],
+                      [r.tolist() for r in prefix.rows], prefix.width))
+        return real(query, key, value, mask, scaling, prefix, layer, **kwargs)
+
+    monkeypatch.setattr(capture, "shared_prefix_attention", spy)
+    inputs = vlm._inputs([vlm._prompt(q, with_image=True) for q in questions], images)
+    plan = prefix_sharing.plan_sharing(images, inputs, vlm.image_token_id())
+    _describe(vlm, images, questions, share=True)
+    layers = len(attention_modules(vlm.language_model()))
+    new_tokens = _cfg(True).vlm.max_new_tokens
+    assert len(calls) >= layers * 2                       # prefill of the suffixes + decoding
+    for key_shape, prefix_keys, rows, width in calls:
+        assert key_shape[0] == len(images)
+        assert key_shape[2] <= plan.suffix_width + new_tokens - 1 < width + plan.suffix_width
+        assert rows == [list(g) for g in plan.groups]
+        assert [d for d, _ in prefix_keys] == [3, 3]      # (KV, L_g, d): one per image
+        assert len({p for _, p in prefix_keys}) == 2
+        assert width == plan.prefix_width
+
+
+def test_position_ids_match_what_generate_gives_the_unshared_batch(vlm, batch):
+    """``prefix_sharing.position_ids`` over the shared layout equals, column for column,
+    what transformers' generate computes for the unshared left-padded batch (used here as
+    the oracle only; the code does not call it): (B, T) for the Llama-style decoders,
+    (4, B, T) with the 3-D M-RoPE for Qwen2-VL."""
+    images, questions = batch
+    inputs = vlm._inputs([vlm._prompt(q, with_image=True) for q in questions], images)
+    plan = prefix_sharing.plan_sharing(images, inputs, vlm.image_token_id())
+    layout = prefix_sharing.shared_layout(plan, inputs, vlm.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        ours = prefix_sharing.position_ids(vlm.model, layout, inputs)
+        kwargs = {k: v for k, v in inputs.items()
+                  if k != "input_ids" and not k.startswith("pixel")}
+        oracle = vlm.model._prepare_position_ids_for_generation(inputs["input_ids"], kwargs)
+    assert ours.dim() == oracle.dim() == (3 if vlm.family == "qwen2_vl" else 2)
+    for b in range(len(images)):
+        mask = layout["attention_mask"][b].bool()
+        valid = inputs["attention_mask"][b].bool()
+        torch.testing.assert_close(ours[..., b, :][..., mask], oracle[..., b, :][..., valid],
+                                   rtol=0, atol=0)
+
+
+def test_two_part_attention_equals_attention_over_the_joined_keys():
+    """``shared_prefix_attention`` (one prefix copy per group + own keys, padded own keys,
+    grouped-query heads) equals SDPA over each row's prefix and own keys joined."""
+    gen = torch.Generator().manual_seed(0)
+    heads, kv, d, q, k = 6, 2, 8, 3, 5
+    lengths = (7, 4)
+    rows = [torch.tensor([0, 2, 3]), torch.tensor([1])]
+    query = torch.randn(4, heads, q, d, generator=gen)
+    key = torch.randn(4, kv, k, d, generator=gen)
+    value = torch.randn(4, kv, k, d, generator=gen)
+    pk = [[torch.randn(kv, n, d, generator=gen) for n in lengths]]
+    pv = [[torch.randn(kv, n, d, generator=gen) for n in lengths]]
+    # Own keys: row 2 has one left pad; queries are the last q own positions (causal).
+    own_ok = torch.ones(4, 1, q, k, dtype=torch.bool).tril(diagonal=k - q)
+    own_ok[2, :, :, 0] = False
+    width = max(lengths)
+    prefix = prefix_attention.SharedPrefixKV(pk, pv, rows, width)
+    out, probs = prefix_attention.shared_prefix_attention(query, key, value, own_ok, 0.3,
+                                                          prefix, 0, want_probs=True)
+    for g, group in enumerate(rows):
+        for b in group.tolist():
+            keys = torch.cat([pk[0][g], key[b]], dim=1).repeat_interleave(heads // kv, dim=0)
+            values = torch.cat([pv[0][g], value[b]], dim=1).repeat_interleave(heads // kv, 0)
+            allowed = torch.cat([torch.ones(1, q, lengths[g], dtype=torch.bool), own_ok[b]], -1)
+            want = torch.nn.functional.scaled_dot_product_attention(
+                query[b], keys, values, attn_mask=allowed, scale=0.3)          # (H, q, d)
+            torch.testing.assert_close(out[b], want.transpose(0, 1), rtol=0, atol=1e-6)
+            weights = torch.softmax((query[b] @ keys.transpose(1, 2) * 0.3)
+                                    .masked_fill(~allowed, float("-inf")), dim=-1)
+            torch.testing.assert_close(probs[b, :, :, width - lengths[g]:], weights,
+                                       rtol=0, atol=1e-6)
+            assert not bool(probs[b, :, :, :width - lengths[g]].any())
 
 
 def test_sampling_draws_the_same_text(vlm, batch):

@@ -32,6 +32,9 @@ EXPECTED = {
              "sam.type": "vit_t", "sam.checkpoint": "models/mobile_sam.pt",
              "ensemble.tiles": False, "ensemble.num_questions": 1, "vlm.do_sample": False,
              "device": "cuda"},
+    "concept": {"concept.enabled": True, "concept.model": "models/sam3",
+                "sam.backend": "sam2", "sam.model": "models/sam2.1-hiera-tiny",
+                "concept.min_coverage": 0.2, "device": "cuda"},
     "cpu": {"vlm.family": "idefics3", "vlm.model": "HuggingFaceTB/SmolVLM-256M-Instruct",
             "sam.type": "vit_t", "device": "cpu", "vlm.dtype": "float32",
             "ensemble.tiles": False, "ensemble.num_questions": 1},
@@ -46,7 +49,7 @@ def _write_params(path: Path, body: str, key: str = "vlsam") -> Path:
 
 # ---------------------------------------------------------------- the profiles themselves
 
-def test_the_shipped_profiles_are_the_three_named_ones():
+def test_the_shipped_profiles_are_the_named_ones():
     assert set(available_profiles()) == set(EXPECTED)
     assert {p.name for p in PROFILE_DIR.glob("*.yaml")} == {f"{n}.yaml" for n in EXPECTED}
 
@@ -116,7 +119,7 @@ def test_unknown_profile_lists_the_available_ones():
         load_config(DEFAULT_PARAMS, profile="papr")
     message = str(err.value)
     assert "unknown profile 'papr'" in message
-    assert "cpu, edge, paper" in message
+    assert "concept, cpu, edge, paper" in message
 
 
 def test_profile_by_path_and_missing_path(tmp_path):
@@ -190,7 +193,7 @@ def test_runner_rejects_an_unknown_profile_before_starting_ros(capsys):
 
     assert main(["--profile", "nope"]) == 2
     err = capsys.readouterr().err
-    assert "unknown profile 'nope'" in err and "cpu, edge, paper" in err
+    assert "unknown profile 'nope'" in err and "concept, cpu, edge, paper" in err
 
 
 def test_runner_layers_params_file_profile_and_set(tmp_path, monkeypatch):
@@ -333,7 +336,7 @@ def test_launch_passes_the_profile_as_a_second_parameter_file(launch_module):
     path = str(PROFILE_DIR / "cpu.yaml")
     by_path = launch_module._node_and_activation(_launch_context(profile=path))[0]
     assert by_path.kwargs["parameters"][1] == path
-    with pytest.raises(ConfigError, match="cpu, edge, paper"):
+    with pytest.raises(ConfigError, match="concept, cpu, edge, paper"):
         launch_module._node_and_activation(_launch_context(profile="nope"))
 
 

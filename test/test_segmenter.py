@@ -51,12 +51,13 @@ def _prompts(k, seed=0):
 
 def test_segment_shapes_and_dtypes(segmenter, embedding, image):
     points, labels = _prompts(4)
-    out = segmenter.segment(embedding, points, labels)
+    out = segmenter.segment(embedding, points, labels, sam_cfg=SamConfig())
     assert out.masks.shape == (4, *image.shape[:2]) and out.masks.dtype == bool
     assert out.iou_predictions.shape == (4,) and out.iou_predictions.dtype == np.float32
     assert out.low_res_logits.shape == (4, 1, 256, 256)
     assert out.low_res_logits.dtype == np.float32
-    again = segmenter.segment(embedding, points, labels, out.low_res_logits)
+    again = segmenter.segment(embedding, points, labels, out.low_res_logits,
+                              sam_cfg=SamConfig())
     assert again.masks.shape == out.masks.shape
 
 
@@ -64,25 +65,23 @@ def test_segment_shapes_and_dtypes(segmenter, embedding, image):
 @pytest.mark.parametrize("with_logits,multimask", [(False, True), (True, False)])
 def test_batched_decoder_call_equals_one_call_per_object(segmenter, embedding, with_logits,
                                                          multimask, decoder):
-    segmenter.configure(SamConfig(multimask=multimask, decoder=decoder, decoder_chunk=3))
-    try:
-        k = 4
-        points, labels = _prompts(k, seed=1)
-        logits = None
-        if with_logits:
-            logits = np.random.default_rng(2).normal(0, 3, (k, 1, 256, 256)).astype(np.float32)
-        batched = segmenter.segment(embedding, points, labels, logits)
-        for i in range(k):
-            single = segmenter.segment(embedding, points[i:i + 1], labels[i:i + 1],
-                                       None if logits is None else logits[i:i + 1])
-            differing = int((single.masks[0] != batched.masks[i]).sum())
-            assert differing <= 0.0005 * single.masks[0].size, f"object {i}: {differing} px"
-            np.testing.assert_allclose(single.iou_predictions[0], batched.iou_predictions[i],
-                                       rtol=1e-4, atol=1e-5)
-            np.testing.assert_allclose(single.low_res_logits[0], batched.low_res_logits[i],
-                                       rtol=1e-3, atol=1e-3)
-    finally:
-        segmenter.configure(SamConfig())
+    sam_cfg = SamConfig(multimask=multimask, decoder=decoder, decoder_chunk=3)
+    k = 4
+    points, labels = _prompts(k, seed=1)
+    logits = None
+    if with_logits:
+        logits = np.random.default_rng(2).normal(0, 3, (k, 1, 256, 256)).astype(np.float32)
+    batched = segmenter.segment(embedding, points, labels, logits, sam_cfg=sam_cfg)
+    for i in range(k):
+        single = segmenter.segment(embedding, points[i:i + 1], labels[i:i + 1],
+                                   None if logits is None else logits[i:i + 1],
+                                   sam_cfg=sam_cfg)
+        differing = int((single.masks[0] != batched.masks[i]).sum())
+        assert differing <= 0.0005 * single.masks[0].size, f"object {i}: {differing} px"
+        np.testing.assert_allclose(single.iou_predictions[0], batched.iou_predictions[i],
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(single.low_res_logits[0], batched.low_res_logits[i],
+                                   rtol=1e-3, atol=1e-3)
 
 
 def test_saved_checkpoint_reproduces_in_memory_model(segmenter):
@@ -129,7 +128,8 @@ def test_unavailable_cuda_is_an_error(vit_t_checkpoint):
 
 def test_bad_prompt_shapes_raise(segmenter, embedding):
     with pytest.raises(ValueError, match="points must be"):
-        segmenter.segment(embedding, np.zeros((2, 2), np.float32), np.ones((2,), int))
+        segmenter.segment(embedding, np.zeros((2, 2), np.float32), np.ones((2,), int),
+                          sam_cfg=SamConfig())
 
 
 @pytest.mark.slow
@@ -137,5 +137,5 @@ def test_vit_b_end_to_end(tmp_path, image):
     ckpt = save_tiny_sam("vit_b", tmp_path / "sam_vit_b.pt", seed=0)
     seg = load_segmenter(_cfg(ckpt, "vit_b"))
     points, labels = _prompts(2)
-    out = seg.segment(seg.embed(image), points, labels)
+    out = seg.segment(seg.embed(image), points, labels, sam_cfg=SamConfig())
     assert out.masks.shape == (2, *image.shape[:2])

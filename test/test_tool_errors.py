@@ -30,6 +30,7 @@ TOOLS = {  # command -> module
     "vlsam-write-params-yaml": "vlsam_ros.tools.write_params_yaml",
     "vlsam-make-demo-dataset": "vlsam_ros.offline.datasets.make_demo_dataset",
     "vlsam-demo": "vlsam_ros.offline.demo",
+    "vlsam-label": "vlsam_ros.offline.labelling.label_tool",
 }
 UNWRITABLE = "/proc/vlsam_out"  # a file system where nothing can be created, even by root
 
@@ -168,6 +169,9 @@ CASES = [
     ("vlsam-demo", ["--out", "{out}/demo", "--frames", "0"], 2, "must be at least 1"),
     ("vlsam-demo", ["--out", "/proc/demo", "--models", "{tiny}"], 2, "cannot write in /proc"),
     ("vlsam-demo", ["--out", "{out}/demo", "--timeout", "-1"], 2, "above 0"),
+    # --- vlsam-label (checked before Ray starts)
+    ("vlsam-label", ["{in}/bag", "{in}/no_such_bag", "--out", "{out}/labels"], 2,
+     "no_such_bag: file or folder not found"),
 ]
 
 

@@ -48,17 +48,18 @@ def test_box_prompts_decode_alike_in_both_decoders():
     logits = np.random.default_rng(1).normal(size=(2, 1, 256, 256)).astype(np.float32)
     out = {}
     for decoder in ("factored", "stock"):
-        segmenter = SamSegmenter(model, SamConfig(decoder=decoder))
+        segmenter, sam_cfg = SamSegmenter(model), SamConfig(decoder=decoder)
         embedding = segmenter.embed(image)
-        out[decoder] = [segmenter.segment(embedding, points, labels, m, boxes=boxes)
+        out[decoder] = [segmenter.segment(embedding, points, labels, m, boxes=boxes,
+                                          sam_cfg=sam_cfg)
                         for m in (None, logits)]
-        without = segmenter.segment(embedding, points, labels)
+        without = segmenter.segment(embedding, points, labels, sam_cfg=sam_cfg)
         assert not np.allclose(without.low_res_logits, out[decoder][0].low_res_logits)
     for factored, stock in zip(out["factored"], out["stock"]):
         np.testing.assert_allclose(factored.low_res_logits, stock.low_res_logits, atol=1e-4)
         np.testing.assert_allclose(factored.iou_predictions, stock.iou_predictions, atol=1e-5)
     with pytest.raises(ValueError, match="boxes"):
-        segmenter.segment(embedding, points, labels, boxes=boxes[:1])
+        segmenter.segment(embedding, points, labels, boxes=boxes[:1], sam_cfg=sam_cfg)
 
 
 def test_flow_tracking_with_tiny_mobile_sam_keeps_ids_and_shapes(scene, vit_t_checkpoint):
@@ -78,9 +79,9 @@ def test_flow_tracking_with_tiny_mobile_sam_keeps_ids_and_shapes(scene, vit_t_ch
         calls["segment"] += 1
         return segment(*args, **kwargs)
 
-    follower_segmenter = SamSegmenter(segmenter.model, cfg.sam)
+    follower_segmenter = SamSegmenter(segmenter.model)
     follower_segmenter.embed, follower_segmenter.segment = counting_embed, counting_segment
-    tracker = Tracker(cfg.tracking, FlowFollower(follower_segmenter, cfg.sam.mask_threshold))
+    tracker = Tracker(cfg.tracking, FlowFollower(follower_segmenter, cfg.sam))
     sequence = TwoRateSequence(tracker, pipeline.run, every=4)
     results = [sequence.step(f.image, f.stamp_ns) for f in scene.frames[:4]]
     ids = [[d.track_id for d in r.detections] for r in results]

@@ -247,8 +247,21 @@ class VlmConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class SamConfig(_Section):
-    """The promptable segmenter (Segment Anything or MobileSAM)."""
+    """The promptable segmenter (Segment Anything, MobileSAM, SAM 2.1, EdgeTAM, SAM-HQ)."""
 
+    backend: str = _field("sam", "Segmenter family: 'sam' (segment_anything / mobile_sam, "
+                          "sam.type + sam.checkpoint), or through transformers from the folder "
+                          "sam.model: 'sam2' (SAM 2.1 tiny/small/base-plus/large), 'edgetam', "
+                          "'sam_hq'.", choices=("sam", "sam2", "edgetam", "sam_hq"))
+    model: str = _field("models/sam2.1-hiera-tiny", "sam2/edgetam/sam_hq: local folder of the "
+                        "checkpoint in transformers save_pretrained layout (config.json, "
+                        "weights, processor_config.json); which size it is comes from its "
+                        "config.json.")
+    dtype: str = _field("float32", "sam2/edgetam/sam_hq: torch dtype of the segmenter weights.",
+                        choices=("float32", "float16", "bfloat16"))
+    hq_token_only: bool = _field(False, "sam_hq: masks from the HQ output token only (else "
+                                 "SAM's mask plus the HQ correction, the SAM-HQ default).",
+                                 runtime=True)
     type: str = _field("vit_t", "SAM variant: vit_h/vit_l/vit_b (segment_anything) or vit_t "
                        "(mobile_sam).", choices=("vit_h", "vit_l", "vit_b", "vit_t"))
     checkpoint: str = _field("models/mobile_sam.pt",
@@ -561,6 +574,37 @@ class TrackingConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class ConceptConfig(_Section):
+    """Concept mode: SAM 3 proposes every instance of each object name, the object's
+    attention map chooses among them (``core/concept_selection.py``)."""
+
+    enabled: bool = _field(False, "Segment each named object with SAM 3's concept "
+                           "segmentation, chosen by its attention map; objects SAM 3 finds "
+                           "nothing for take the point-prompted path.")
+    model: str = _field("models/sam3", "Local folder of the SAM 3 checkpoint (Sam3Model, "
+                        "transformers save_pretrained layout with its processor).")
+    dtype: str = _field("float32", "Torch dtype of the SAM 3 weights.",
+                        choices=("float32", "float16", "bfloat16"))
+    score_threshold: float = _field(0.3, "Least SAM 3 instance score (presence x "
+                                    "classification probability) for a proposal.",
+                                    range=(0.0, 1.0), runtime=True)
+    mask_threshold: float = _field(0.5, "Probability threshold that binarises SAM 3's "
+                                   "instance masks.", range=(0.0, 1.0), runtime=True)
+    attention_threshold: float = _field(0.5, "The attention map's positive area: pixels "
+                                        "where the object's map (in [0, 1]) is at least "
+                                        "this.", range=(0.0, 1.0), runtime=True)
+    min_coverage: float = _field(0.2, "An instance is kept when its mask holds at least "
+                                 "this fraction of the map's positive area (or see "
+                                 "min_inside).", range=(0.0, 1.0), runtime=True)
+    min_inside: float = _field(0.5, "An instance is also kept when at least this fraction "
+                               "of its mask lies in the map's positive area (N instances "
+                               "under one broad map each hold only about 1/N of it).",
+                               range=(0.0, 1.0), runtime=True)
+    max_instances: int = _field(8, "Most instances kept per object, best mean attention "
+                                "inside the mask first.", range=(1, 256), runtime=True)
+
+
+@dataclasses.dataclass(frozen=True)
 class VlsamConfig(_Section):
     """Root of the configuration."""
 
@@ -576,6 +620,7 @@ class VlsamConfig(_Section):
     ensemble: EnsembleConfig = dataclasses.field(default_factory=EnsembleConfig)
     node: NodeConfig = dataclasses.field(default_factory=NodeConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    concept: ConceptConfig = dataclasses.field(default_factory=ConceptConfig)
 
     def _check(self) -> None:
         if not self.cameras:

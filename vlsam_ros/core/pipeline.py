@@ -10,7 +10,10 @@ Per frame:
    (``salience_dropout.complete_maps``: teacher-forced re-runs on blacked-out patches);
    with ``attention.gradcam`` the VLM weights its maps by their gradients (``gradcam.py``);
 4. per view, every named object of every question is prompted and refined
-   (``refinement.segment_objects``: one decoder call per round for all of them);
+   (``refinement.segment_objects``: one decoder call per round for all of them); in
+   concept mode (``concept.enabled``) SAM 3 first proposes every instance of each name and
+   the object's map chooses among them (``concept_mode``), and only the objects left
+   without an instance are prompted;
 5. tile masks touching a tile edge inside the image are dropped
    (``ensemble.drop_cut_tile_masks``: cut objects; the full view segments them whole);
 6. merging: ONE mask-IoU NMS (``ensemble.nms_iou``) over every candidate of every view and
@@ -38,6 +41,7 @@ import numpy as np
 
 from vlsam_ros.core import cancellation
 from vlsam_ros.core.cancellation import CancellationToken
+from vlsam_ros.core.concept_mode import ConceptStats, concept_candidates
 from vlsam_ros.core.config import ConfigError, VlsamConfig, schema, to_flat
 from vlsam_ros.core.image_check import check_image
 from vlsam_ros.core import merging
@@ -50,12 +54,14 @@ from vlsam_ros.core.segmenter.base import PromptableSegmenter
 from vlsam_ros.core.tiles import View, make_views
 
 if TYPE_CHECKING:  # importing vlsam_ros.core.vlm pulls in transformers
+    from vlsam_ros.core.segmenter.concept import ConceptSegmenter
     from vlsam_ros.core.vlm.base import VisionLanguageModel
 
 LOG = logging.getLogger(__name__)
 
 # Sections whose non-runtime fields define loaded models; the core ignores cameras/node.*.
-_MODEL_SECTIONS = ("device", "vlm.", "sam.", "attention.", "prompts.", "ensemble.")
+_MODEL_SECTIONS = ("device", "vlm.", "sam.", "attention.", "prompts.", "ensemble.",
+                   "concept.")
 
 
 def model_fields_changed(old: VlsamConfig, new: VlsamConfig) -> list[str]:
@@ -72,27 +78,38 @@ class _ViewJob:
     answers: tuple[VlmAnswer, ...]    # one per question
 
 
+@dataclasses.dataclass(frozen=True)
+class _ViewEmbedding:
+    sam: Any                          # the segmenter's embedding of the view
+    concept: Any                      # the concept segmenter's (concept mode), else None
+
+
 class Pipeline:
     """VL-SAM on one frame at a time. Thread-safe: concurrent ``run`` calls are serialised.
 
     Each result's ``stage_ms`` holds the frame's stage times (ms): questions (question
-    set built during this frame, else 0), vlm, encoder (SAM image encoder, all views),
-    decoder (all SAM decoder calls), prompts_merge (point sampling, scoring, NMS, mapping),
-    total; plus the counts ``decoder_calls``, ``prompts`` (decoded) and
-    ``duplicate_prompts`` (exact duplicates decoded once). FrameResult.segment_ms is
-    encoder + decoder + prompts_merge; the encoder part may overlap FrameResult.vlm_ms
-    (``sam.overlap_encoder``), so vlm_ms + segment_ms can exceed total_ms.
+    set built during this frame, else 0), vlm, encoder (SAM image encoder, all views;
+    SAM 3's too in concept mode), decoder (all SAM decoder calls), concept (SAM 3's concept
+    calls), prompts_merge (point sampling, scoring, NMS, mapping), total; plus the counts
+    ``decoder_calls``, ``prompts`` (decoded), ``duplicate_prompts`` (exact duplicates
+    decoded once), ``concept_instances`` (SAM 3 instances kept) and ``concept_fallbacks``
+    (objects that took the point path in concept mode). FrameResult.segment_ms is
+    encoder + decoder + concept + prompts_merge; the encoder part may overlap
+    FrameResult.vlm_ms (``sam.overlap_encoder``), so vlm_ms + segment_ms can exceed
+    total_ms.
     """
 
     def __init__(self, cfg: VlsamConfig, vlm: VisionLanguageModel,
-                 segmenter: PromptableSegmenter):
+                 segmenter: PromptableSegmenter, concept: ConceptSegmenter | None = None):
+        if cfg.concept.enabled and concept is None:
+            raise ConfigError("concept.enabled needs a concept segmenter (SAM 3, "
+                              "load_concept_segmenter)")
         self._cfg = cfg
         self.vlm = vlm
         self.segmenter = segmenter
+        self.concept = concept if cfg.concept.enabled else None
         self._questions = QuestionCache()
         self._run_lock = threading.Lock()
-        self._applied_sam = cfg.sam
-        self.segmenter.configure(cfg.sam)
         if cfg.ensemble.num_questions > 1:
             self.questions()                 # generated once, here, not on the first frame
 
@@ -128,11 +145,8 @@ class Pipeline:
         with self._run_lock, cancellation.active(cancel):
             cfg = self._cfg
             check_image(image, min_side=2 if cfg.ensemble.tiles else 1)
-            if cfg.sam != self._applied_sam:
-                self.segmenter.configure(cfg.sam)
-                self._applied_sam = cfg.sam
             stages: dict[str, float] = {"questions": 0.0, "vlm": 0.0, "encoder": 0.0,
-                                        "decoder": 0.0, "prompts_merge": 0.0}
+                                        "decoder": 0.0, "concept": 0.0, "prompts_merge": 0.0}
             t = time.perf_counter()
             questions = self._questions.get(self.vlm, cfg.vlm, cfg.ensemble)
             stages["questions"] = _ms(t)
@@ -147,6 +161,7 @@ class Pipeline:
                                                          stages)))
             t = time.perf_counter()
             decode = DecodeStats()
+            concept_stats = ConceptStats()
             candidates: list[Candidate] = []       # every view's, in full-frame coordinates
             for i, job in enumerate(jobs):
                 cancellation.check(f"before segmenting view {i + 1} of {len(jobs)}")
@@ -154,8 +169,13 @@ class Pipeline:
                            for a in job.answers for k, o in enumerate(a.objects)]
                 if not objects:
                     continue
-                found = segment_objects(self.segmenter, embeddings[i], objects, cfg.prompts,
-                                        decode)
+                found: list[Candidate] = []
+                if self.concept is not None:
+                    found, objects = concept_candidates(
+                        self.concept, embeddings[i].concept, objects, cfg.concept,
+                        cfg.prompts.min_mask_area_px, concept_stats)
+                found += segment_objects(self.segmenter, embeddings[i].sam, objects, cfg.prompts,
+                                         cfg.sam, decode)
                 if cfg.ensemble.drop_cut_tile_masks:
                     found = [c for c in found
                              if not job.view.touches_inner_edge(rle_box(c.rle), (height, width))]
@@ -165,17 +185,24 @@ class Pipeline:
             kept.sort(key=lambda c: -c.score)
             detections = tuple(_to_detection(c) for c in kept[:cfg.ensemble.max_detections])
             stages["decoder"] = decode.decoder_ms
-            stages["prompts_merge"] = _ms(t) - decode.decoder_ms
+            stages["concept"] = concept_stats.concept_ms
+            stages["prompts_merge"] = _ms(t) - decode.decoder_ms - concept_stats.concept_ms
             total = _ms(start)
             stage_ms = {**stages, "total": total, "decoder_calls": decode.calls,
-                        "prompts": decode.prompts, "duplicate_prompts": decode.duplicates}
-            segment_ms = stages["encoder"] + stages["decoder"] + stages["prompts_merge"]
+                        "prompts": decode.prompts, "duplicate_prompts": decode.duplicates,
+                        "concept_instances": concept_stats.kept,
+                        "concept_fallbacks": concept_stats.fallbacks}
+            segment_ms = (stages["encoder"] + stages["decoder"] + stages["concept"]
+                          + stages["prompts_merge"])
             return FrameResult(detections, description, stages["vlm"], segment_ms, total,
                                stage_ms=stage_ms)
 
-    def _embed(self, images: Sequence[np.ndarray], stages: dict[str, float]) -> list[Any]:
+    def _embed(self, images: Sequence[np.ndarray],
+               stages: dict[str, float]) -> list[_ViewEmbedding]:
         t = time.perf_counter()
-        out = [self.segmenter.embed(img) for img in images]
+        out = [_ViewEmbedding(self.segmenter.embed(img),
+                              None if self.concept is None else self.concept.embed(img))
+               for img in images]
         stages["encoder"] += _ms(t)
         return out
 
@@ -225,7 +252,12 @@ def build_pipeline(cfg: VlsamConfig) -> Pipeline:
 
     vlm = load_vlm(cfg)
     segmenter = load_segmenter(cfg)
-    return Pipeline(cfg, vlm, segmenter)
+    concept = None
+    if cfg.concept.enabled:
+        from vlsam_ros.core.segmenter.concept import load_concept_segmenter
+
+        concept = load_concept_segmenter(cfg)
+    return Pipeline(cfg, vlm, segmenter, concept)
 
 
 def _ms(since: float) -> float:

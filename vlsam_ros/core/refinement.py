@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from vlsam_ros.core import cancellation
-from vlsam_ros.core.config import PromptConfig
+from vlsam_ros.core.config import PromptConfig, SamConfig
 from vlsam_ros.core.masks import Rle, encode_rle
 from vlsam_ros.core.prompts import KeypointOptions, PointPrompt, sample_point_pair, stack_prompts
 from vlsam_ros.core.segmenter.base import PromptableSegmenter, SegmentationBatch
@@ -97,7 +97,8 @@ class DecodeStats:
 
 
 def _decode(segmenter: PromptableSegmenter, embedding: Any, prompts: Sequence[PointPrompt],
-            mask_logits: np.ndarray | None, stats: DecodeStats) -> SegmentationBatch:
+            mask_logits: np.ndarray | None, sam_cfg: SamConfig,
+            stats: DecodeStats) -> SegmentationBatch:
     """One decoder call for all prompts. Exact duplicates (same points, labels and mask
     prompt, e.g. the same name sampled identically under two questions) are decoded once
     and their outputs shared."""
@@ -115,7 +116,7 @@ def _decode(segmenter: PromptableSegmenter, embedding: Any, prompts: Sequence[Po
     points, labels = stack_prompts([prompts[k] for k in unique])
     logits = None if mask_logits is None else mask_logits[unique]
     start = time.perf_counter()
-    batch = segmenter.segment(embedding, points, labels, logits)
+    batch = segmenter.segment(embedding, points, labels, logits, sam_cfg=sam_cfg)
     stats.decoder_ms += (time.perf_counter() - start) * 1e3
     stats.calls += 1
     stats.prompts += len(unique)
@@ -150,9 +151,10 @@ def _sample(remaining: list[np.ndarray], objects: Sequence[ObjectMap], indices: 
 
 
 def segment_objects(segmenter: PromptableSegmenter, embedding: Any,
-                    objects: Sequence[ObjectMap], cfg: PromptConfig,
+                    objects: Sequence[ObjectMap], cfg: PromptConfig, sam_cfg: SamConfig,
                     stats: DecodeStats | None = None) -> list[Candidate]:
     """All refinement rounds for the objects of one view; returns its candidates.
+    ``sam_cfg`` goes with every decoder call (multimask, mask_threshold, decoder).
 
     Masks smaller than ``cfg.min_mask_area_px`` (and empty masks) yield no candidate, but
     still count as found for the masked-attention rounds.
@@ -176,15 +178,16 @@ def segment_objects(segmenter: PromptableSegmenter, embedding: Any,
     alive, prompts = _sample(remaining, objects, range(len(objects)), cfg)
     if not prompts:
         return candidates
-    batch = _decode(segmenter, embedding, prompts, None, stats)              # round 0
+    batch = _decode(segmenter, embedding, prompts, None, sam_cfg, stats)     # round 0
     rnd = 0
     if cfg.refinement_rounds >= 1:                                           # round 1: cascade
-        batch = _decode(segmenter, embedding, prompts, batch.low_res_logits, stats)
+        batch = _decode(segmenter, embedding, prompts, batch.low_res_logits, sam_cfg, stats)
         rnd = 1
     collect(batch, alive, prompts, rnd)
     for rnd in range(2, cfg.refinement_rounds + 1):                          # masked attention
         alive, prompts = _sample(remaining, objects, alive, cfg)
         if not prompts:
             break
-        collect(_decode(segmenter, embedding, prompts, None, stats), alive, prompts, rnd)
+        collect(_decode(segmenter, embedding, prompts, None, sam_cfg, stats), alive, prompts,
+                rnd)
     return candidates

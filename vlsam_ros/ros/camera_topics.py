@@ -55,15 +55,21 @@ def camera_topics(topic: str, node_name: str, node_namespace: str = "/") -> Came
                         **{output: prefix + output for output in OUTPUTS})
 
 
-def all_camera_topics(topics: tuple[str, ...] | list[str], node_name: str,
-                      node_namespace: str = "/") -> list[CameraTopics]:
-    """Resolves every camera; two cameras that would share outputs raise ConfigError."""
-    cameras = [camera_topics(t, node_name, node_namespace) for t in topics]
+def check_distinct_outputs(cameras: list[CameraTopics], what: str = "cameras") -> None:
+    """ConfigError when two cameras would write the same outputs (the one collision check
+    of the node and of every replay path); ``what`` names the parameter or option."""
     seen: dict[str, str] = {}
     for cam in cameras:
         if cam.detections in seen:
             raise ConfigError(
-                f"cameras: {seen[cam.detections]!r} and {cam.input!r} would both publish "
+                f"{what}: {seen[cam.detections]!r} and {cam.input!r} would both publish "
                 f"{cam.detections}; put each camera's image topic in its own namespace")
         seen[cam.detections] = cam.input
+
+
+def all_camera_topics(topics: tuple[str, ...] | list[str], node_name: str,
+                      node_namespace: str = "/") -> list[CameraTopics]:
+    """Resolves every camera; two cameras that would share outputs raise ConfigError."""
+    cameras = [camera_topics(t, node_name, node_namespace) for t in topics]
+    check_distinct_outputs(cameras)
     return cameras

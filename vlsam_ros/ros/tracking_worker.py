@@ -39,6 +39,7 @@ from vlsam_ros.core.config import VlsamConfig
 from vlsam_ros.core.image_check import check_image
 from vlsam_ros.core.results import FrameResult
 from vlsam_ros.core.tracking.factory import build_follower
+from vlsam_ros.core.tracking.followers import FlowFollower
 from vlsam_ros.core.tracking.tracker import Tracker, tracked_result
 from vlsam_ros.core.tracking.tracks import TrackIdSource
 
@@ -78,9 +79,6 @@ class GatedSegmenter:
     def __init__(self, inner: Any, gate: FollowFirstGate) -> None:
         self.inner = inner
         self.gate = gate
-
-    def configure(self, sam_cfg: Any) -> None:
-        self.inner.configure(sam_cfg)
 
     def embed(self, image: np.ndarray) -> Any:
         self.gate.wait_turn()
@@ -152,6 +150,8 @@ class TrackingWorker:
         self._cfg = cfg
         for tracker in self.trackers.values():
             tracker.update_config(cfg.tracking)
+            if isinstance(tracker.follower, FlowFollower):
+                tracker.follower.sam_cfg = cfg.sam
 
     def stop(self) -> None:
         """Stops the discovery thread: a running discovery ends at its next safe point

@@ -20,8 +20,11 @@ def sam_checkpoint_name(sam_type: str) -> str:
 
 
 def make_tiny_models(out_dir: str | Path, families: Sequence[str] = ("llava",),
-                     sam_types: Sequence[str] = ("vit_t",), seed: int = 0) -> Path:
-    """Writes ``OUT_DIR/<family>/`` for each VLM family and ``OUT_DIR/sam_<type>.pt``.
+                     sam_types: Sequence[str] = ("vit_t",), seed: int = 0,
+                     segmenters: Sequence[str] = ()) -> Path:
+    """Writes ``OUT_DIR/<family>/`` for each VLM family, ``OUT_DIR/sam_<type>.pt`` and
+    ``OUT_DIR/<backend>/`` for each transformers segmenter (sam2, edgetam, sam_hq, and sam3
+    for concept mode; set sam.model / concept.model to that folder).
 
     Unknown families or SAM types raise ToolError before anything is written. Everything is
     built in a staging folder beside ``OUT_DIR`` and moved into it only when complete (an
@@ -40,6 +43,14 @@ def make_tiny_models(out_dir: str | Path, families: Sequence[str] = ("llava",),
     if unknown:
         raise ToolError(f"unknown SAM type(s) {', '.join(unknown)}; choose from "
                         f"{', '.join(sorted(SAM_VARIANTS))}")
+    from vlsam_ros.testing.tiny_hf_segmenters import (TINY_SEGMENTER_BACKENDS,
+                                                      save_tiny_segmenter)
+
+    known = TINY_SEGMENTER_BACKENDS + ("sam3",)
+    unknown = [b for b in segmenters if b not in known]
+    if unknown:
+        raise ToolError(f"unknown segmenter(s) {', '.join(unknown)}; choose from "
+                        f"{', '.join(known)}")
     out = Path(out_dir)
     with staged_output(out, merge=True) as staging:
         staging.mkdir()
@@ -47,6 +58,8 @@ def make_tiny_models(out_dir: str | Path, families: Sequence[str] = ("llava",),
             save_tiny_vlm(family, staging / family, seed=seed)
         for sam_type in sam_types:
             save_tiny_sam(sam_type, staging / sam_checkpoint_name(sam_type), seed=seed)
+        for backend in segmenters:
+            save_tiny_segmenter(backend, staging / backend, seed=seed)
     return out
 
 
@@ -77,6 +90,9 @@ def build_parser() -> ToolParser:
     parser.add_argument("--sam-types", nargs="+", default=["vit_t"], metavar="TYPE",
                         help="SAM variants to build: vit_t (~40 MB), vit_b, vit_l, vit_h "
                              "(random weights are as big as real ones; default: vit_t)")
+    parser.add_argument("--segmenters", nargs="*", default=[], metavar="BACKEND",
+                        help="transformers segmenters to build into OUT_DIR/<backend>: sam2, "
+                             "edgetam, sam_hq, sam3 (about 20-45 MB each; default: none)")
     parser.add_argument("--seed", type=int, default=0,
                         help="random seed of the weights (default: %(default)s)")
     return parser
@@ -86,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        out = make_tiny_models(args.out_dir, args.families, args.sam_types, args.seed)
+        out = make_tiny_models(args.out_dir, args.families, args.sam_types, args.seed,
+                               args.segmenters)
         print(f"tiny random models written to {out} (random weights: labels are meaningless)")
         return EXIT_OK
 

@@ -40,9 +40,11 @@ class PromptableSegmenter(Protocol):
         ...
 
     def segment(self, embedding: Any, points: np.ndarray, labels: np.ndarray,
-                mask_logits: np.ndarray | None = None,
-                boxes: np.ndarray | None = None) -> SegmentationBatch:
-        """One batched decoder call.
+                mask_logits: np.ndarray | None = None, boxes: np.ndarray | None = None,
+                *, sam_cfg: SamConfig) -> SegmentationBatch:
+        """One batched decoder call, with the runtime settings of ``sam_cfg`` (multimask,
+        mask_threshold, decoder, decoder_chunk) for this call only; the model-defining
+        fields (type, checkpoint, model) are fixed when the segmenter is loaded.
 
         points: float32 (K, P, 2), (x, y) pixels in the embedded image (module docstring).
         labels: int (K, P), 1 positive / 0 negative / -1 padding (ignored).
@@ -50,9 +52,4 @@ class PromptableSegmenter(Protocol):
         boxes: optional float32 (K, 4), one box prompt per prompt: (x0, y0, x1, y1) corners
             in the same pixel frame (a mask's tight box has x1/y1 exclusive).
         """
-        ...
-
-    def configure(self, sam_cfg: SamConfig) -> None:
-        """Applies the runtime settings of ``sam_cfg`` (multimask, mask_threshold) from the
-        next ``segment`` call on. Model-defining fields (type, checkpoint) are ignored here."""
         ...

@@ -196,23 +196,14 @@ class SamEmbedding:
 class SamSegmenter:
     """PromptableSegmenter over a segment_anything / mobile_sam ``Sam`` module."""
 
-    def __init__(self, model: torch.nn.Module, sam_cfg: SamConfig):
+    def __init__(self, model: torch.nn.Module):
         self.model = model.eval()
         self.device = next(model.parameters()).device
         transforms = _import_package("segment_anything.utils.transforms")
         # The exact resize SAM was trained with (PIL bilinear, longest side to img_size).
         self.resize = transforms.ResizeLongestSide(int(model.image_encoder.img_size))
-        self.configure(sam_cfg)
         for block in _encoder_blocks(model.image_encoder):  # cancellation safe points
             block.register_forward_pre_hook(_encoder_safe_point)
-
-    def configure(self, sam_cfg: SamConfig) -> None:
-        """Applies multimask, mask_threshold, decoder and decoder_chunk from the next
-        ``segment`` call on."""
-        self.multimask = sam_cfg.multimask
-        self.mask_threshold = sam_cfg.mask_threshold
-        self.decoder = sam_cfg.decoder
-        self.decoder_chunk = sam_cfg.decoder_chunk
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> SamEmbedding:
@@ -228,8 +219,8 @@ class SamSegmenter:
 
     @torch.inference_mode()
     def segment(self, embedding: SamEmbedding, points: np.ndarray, labels: np.ndarray,
-                mask_logits: np.ndarray | None = None,
-                boxes: np.ndarray | None = None) -> SegmentationBatch:
+                mask_logits: np.ndarray | None = None, boxes: np.ndarray | None = None,
+                *, sam_cfg: SamConfig) -> SegmentationBatch:
         """One batched decoder call for K prompts (see PromptableSegmenter.segment).
 
         With multimask, SAM returns 3 candidates per prompt and the one with the highest
@@ -272,20 +263,20 @@ class SamSegmenter:
             box_t = torch.from_numpy(boxes).to(self.device) * scale.repeat(2)    # (K, 4)
         sparse, dense = self.model.prompt_encoder(points=(coords, label_t), boxes=box_t,
                                                   masks=mask_t)
-        if self.decoder == "factored":
+        if sam_cfg.decoder == "factored":
             low_res, iou = self._decode_factored(embedding, sparse,
-                                                 None if mask_t is None else dense)
+                                                 None if mask_t is None else dense, sam_cfg)
         else:
-            low_res, iou = self._decode_stock(embedding, sparse, dense)
+            low_res, iou = self._decode_stock(embedding, sparse, dense, sam_cfg.multimask)
         full = self.model.postprocess_masks(low_res, embedding.input_size,
                                             embedding.original_size)           # (K, 1, H, W)
-        masks = (full[:, 0] > self.mask_threshold).cpu().numpy()
+        masks = (full[:, 0] > sam_cfg.mask_threshold).cpu().numpy()
         return SegmentationBatch(masks=masks,
                                  iou_predictions=iou.float().cpu().numpy(),
                                  low_res_logits=low_res.float().cpu().numpy())
 
     def _decode_stock(self, embedding: SamEmbedding, sparse: torch.Tensor,
-                      dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      dense: torch.Tensor, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The package's MaskDecoder on all K prompts at once, then the best mask per
         prompt. Returns low-res logits (K, 1, 256, 256) and IoU (K,)."""
         low_res, iou = self.model.mask_decoder(
@@ -293,14 +284,15 @@ class SamSegmenter:
             image_pe=self.model.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
-            multimask_output=self.multimask,
+            multimask_output=multimask,
         )                                                      # (K, C, 256, 256), (K, C)
         best = iou.argmax(dim=1)                                                # (K,)
         rows = torch.arange(iou.shape[0], device=self.device)
         return low_res[rows, best][:, None], iou[rows, best]
 
     def _decode_factored(self, embedding: SamEmbedding, sparse: torch.Tensor,
-                         dense: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                         dense: torch.Tensor | None,
+                         sam_cfg: SamConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """The factored decoder (factored_decoder.py); without mask prompts it reuses the
         embedding's image-side cache. Returns low-res logits (K, 1, 256, 256) and IoU (K,)."""
         cache = None
@@ -309,11 +301,11 @@ class SamSegmenter:
             if cache is None:
                 cache = build_image_side_cache(self.model, embedding.features)
                 embedding.decoder_cache["image_side"] = cache
-        chunk = self.decoder_chunk
+        chunk = sam_cfg.decoder_chunk
         if chunk == 0:
             chunk = CPU_DECODER_CHUNK if self.device.type == "cpu" else CUDA_DECODER_CHUNK
         return decode_best_masks(self.model, embedding.features, sparse, dense,
-                                 self.multimask, cache, chunk)
+                                 sam_cfg.multimask, cache, chunk)
 
 
 def _encoder_blocks(encoder: torch.nn.Module) -> list[torch.nn.Module]:
@@ -337,12 +329,18 @@ def _encoder_safe_point(module: torch.nn.Module, args: Any) -> None:
     cancellation.check("in the SAM image encoder")
 
 
-def load_segmenter(cfg: VlsamConfig) -> SamSegmenter:
-    """Builds the segmenter named by ``cfg.sam`` on ``cfg.device``.
+def load_segmenter(cfg: VlsamConfig) -> Any:
+    """Builds the segmenter named by ``cfg.sam`` on ``cfg.device``: ``sam.backend`` 'sam'
+    loads ``sam.type`` from ``sam.checkpoint`` (SamSegmenter); 'sam2', 'edgetam' and
+    'sam_hq' load the transformers folder ``sam.model`` (hf_sam.HfSamSegmenter).
 
     Raises ModelNotFoundError when the checkpoint is missing and DeviceUnavailableError
     when the device does not exist.
     """
     device = resolve_device(cfg.device)
+    if cfg.sam.backend != "sam":
+        from vlsam_ros.core.segmenter.hf_sam import load_hf_sam
+
+        return load_hf_sam(cfg.sam, device)
     model = load_sam_model(cfg.sam.type, cfg.sam.checkpoint, device)
-    return SamSegmenter(model, cfg.sam)
+    return SamSegmenter(model)

@@ -17,7 +17,7 @@ def build_follower(cfg: VlsamConfig, segmenter: Any, video_model: Any = None) ->
     """
     mode = cfg.tracking.mode
     if mode == "flow":
-        return FlowFollower(segmenter, cfg.sam.mask_threshold)
+        return FlowFollower(segmenter, cfg.sam)
     if mode == "memory":
         from vlsam_ros.core.tracking.memory_follower import MemoryFollower, load_video_tracker
 

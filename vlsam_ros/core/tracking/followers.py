@@ -23,7 +23,7 @@ from typing import Protocol, Sequence
 import cv2
 import numpy as np
 
-from vlsam_ros.core.config import TrackingConfig
+from vlsam_ros.core.config import SamConfig, TrackingConfig
 from vlsam_ros.core.segmenter.base import LOW_RES_MASK_SIZE, PADDING_LABEL, PromptableSegmenter
 from vlsam_ros.core.tracking.motion import (FlowSettings, estimate_motion, sample_points,
                                             track_points, warp_mask)
@@ -98,15 +98,20 @@ def stability_scores(low_res_logits: np.ndarray, threshold: float,
     return np.where(low > 0, high / np.maximum(low, 1), 0.0).astype(np.float32)
 
 
-def mask_to_low_res_logits(mask: np.ndarray, logit: float) -> np.ndarray:
-    """A bool (H, W) mask as SAM's mask prompt: float32 (1, 256, 256) logits, +logit inside
-    and -logit outside, in SAM's padded input square (longest side resized to 256, padded
-    at the bottom and right)."""
+def mask_to_low_res_logits(mask: np.ndarray, logit: float, side: int = LOW_RES_MASK_SIZE,
+                           square_resize: bool = False) -> np.ndarray:
+    """A bool (H, W) mask as SAM's mask prompt: float32 (1, side, side) logits, +logit
+    inside and -logit outside, in the segmenter's low-resolution input square: SAM's
+    (longest side resized to ``side``, padded at the bottom and right) or, with
+    ``square_resize``, the SAM 2 family's (the whole image stretched to the square)."""
     height, width = mask.shape
-    scale = LOW_RES_MASK_SIZE / max(height, width)
-    new_w, new_h = int(width * scale + 0.5), int(height * scale + 0.5)
+    if square_resize:
+        new_w = new_h = side
+    else:
+        scale = side / max(height, width)
+        new_w, new_h = int(width * scale + 0.5), int(height * scale + 0.5)
     small = cv2.resize(mask.astype(np.uint8), (new_w, new_h), interpolation=cv2.INTER_NEAREST)
-    out = np.full((1, LOW_RES_MASK_SIZE, LOW_RES_MASK_SIZE), -logit, np.float32)
+    out = np.full((1, side, side), -logit, np.float32)
     out[0, :new_h, :new_w][small > 0] = logit
     return out
 
@@ -149,13 +154,14 @@ class FlowFollower:
     """Lucas-Kanade prompt propagation + one batched SAM decode (module docstring).
 
     segmenter: a PromptableSegmenter (SAM / MobileSAM adapter, or a test double).
-    mask_threshold: the segmenter's logit threshold (``sam.mask_threshold``), the centre of
-    the stability score.
+    sam_cfg: the segmenter settings sent with each decoder call; its ``mask_threshold`` is
+    also the centre of the stability score. A plain value (``TrackingWorker.update_config``
+    replaces it), never applied to the shared segmenter.
     """
 
-    def __init__(self, segmenter: PromptableSegmenter, mask_threshold: float = 0.0) -> None:
+    def __init__(self, segmenter: PromptableSegmenter, sam_cfg: SamConfig | None = None) -> None:
         self.segmenter = segmenter
-        self.mask_threshold = mask_threshold
+        self.sam_cfg = sam_cfg if sam_cfg is not None else SamConfig()
 
     def forget(self, track_ids: Sequence[int]) -> None:
         """Stateless per track: nothing to drop."""
@@ -199,16 +205,21 @@ class FlowFollower:
                 points[row, :len(pts)] = pts
                 labels[row, :len(pts)] = 1
                 points_out[i], labels_out[i] = pts, np.ones(len(pts), np.int8)
-            logits = (np.stack([mask_to_low_res_logits(moved[i][0], cfg.flow_mask_prompt_logit)
+            # The segmenter's low-res frame (hf_sam adapters say theirs; SAM's otherwise).
+            side, square = getattr(self.segmenter, "mask_prompt_frame", (LOW_RES_MASK_SIZE,
+                                                                         False))
+            logits = (np.stack([mask_to_low_res_logits(moved[i][0], cfg.flow_mask_prompt_logit,
+                                                       side, square)
                                 for i in live]) if cfg.flow_mask_prompt else None)
             boxes = np.stack([box_of(moved[i][0]) for i in live]) if cfg.flow_box_prompt else None
             extra = {} if boxes is None else {"boxes": boxes}
             embedding = self.segmenter.embed(image)
-            batch = self.segmenter.segment(embedding, points, labels, logits, **extra)
+            batch = self.segmenter.segment(embedding, points, labels, logits,
+                                           sam_cfg=self.sam_cfg, **extra)
             encoder_calls, decoder_calls = 1, 1
             masks[live] = batch.masks
             ious[live] = batch.iou_predictions
-            stability[live] = stability_scores(batch.low_res_logits, self.mask_threshold,
+            stability[live] = stability_scores(batch.low_res_logits, self.sam_cfg.mask_threshold,
                                                cfg.stability_offset)
         return FollowOutput(masks, ious, stability, np.full(len(tracks), np.inf, np.float32),
                             points_out, labels_out, encoder_calls, decoder_calls)

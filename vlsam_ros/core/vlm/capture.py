@@ -12,6 +12,10 @@ language model's attention during ``generate``:
     (layers x heads x tokens^2), as ``output_attentions`` would. Slow; used to prove the fast
     path right.
 
+With prefix sharing (``AttentionRecorder.shared_prefix`` set for a ``generate`` call) both
+run the attention over each image's prefix keys, held once, plus the rows' own keys
+(``prefix_attention.py``) and record the own positions only.
+
 The recorder is attached to the language model's attention modules only for the duration
 of ``capturing(...)``; nothing global changes except the one-time registration of the two
 function names with transformers.
@@ -24,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
+
+from vlsam_ros.core.vlm.prefix_attention import SharedPrefixKV, shared_prefix_attention
 
 CAPTURE_IMPLEMENTATION = "vlsam_capture"
 REFERENCE_IMPLEMENTATION = "vlsam_reference"
@@ -142,6 +148,13 @@ class AttentionRecorder:
     scaling: dict[int, float] = field(default_factory=dict)
     held_bytes: int = 0
     peak_bytes: int = 0
+    # Set while a prefix-sharing ``generate`` runs: the image prefixes' keys and values (one
+    # copy per image); the attention then runs over prefix + own keys (prefix_attention.py)
+    # and the recorded keys are the rows' own positions only.
+    shared_prefix: SharedPrefixKV | None = None
+    # Layout position of the recorded keys' first column: 0, or (prefix sharing) the
+    # shared layout's prefix width W, the prefix's keys being held apart.
+    key_origin: int = 0
 
     def num_layers(self) -> int:
         return len(self.scaling)
@@ -192,7 +205,8 @@ class AttentionRecorder:
         return PrefixCapture(queries, keys, probs)
 
     def split_rows(self, first_own: Sequence[int], origin: int = 0,
-                   prefixes: Sequence[PrefixCapture | None] | None = None) -> list[RowCapture]:
+                   prefixes: Sequence[PrefixCapture | None] | None = None
+                   ) -> list[RowCapture]:
         """Cuts the batched capture into one ``RowCapture`` per batch row and drops the
         batched tensors, layer by layer, so the whole capture is copied once in total (never
         once per row) and the peak stays at about one batch plus one layer. The recorder is
@@ -205,7 +219,8 @@ class AttentionRecorder:
         position of the row is valid (left padding, or padding between a shared prefix and
         the row's suffix). ``prefixes[b]``: row b's shared prefix, occupying the layout
         positions ``[origin - len(prefix), origin)``, or None (then positions before
-        ``first_own[b]`` are padding). Rows keep only their own positions.
+        ``first_own[b]`` are padding). The recorded keys start at layout position
+        ``self.key_origin``. Rows keep only their own positions.
         """
         batch = len(first_own)
         prefixes = list(prefixes) if prefixes is not None else [None] * batch
@@ -235,7 +250,7 @@ class AttentionRecorder:
                     row.queries.append(q)
                     self._account(_nbytes(q))
                 if key is not None:
-                    k = key[b, :, start:].clone()                    # (KV, T_own, d)
+                    k = key[b, :, start - self.key_origin:].clone()  # (KV, T_own, d)
                     row.keys.append(k)
                     self._account(_nbytes(k))
                 if prob_chunks:
@@ -292,10 +307,20 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 def _prepare(module, query, key):
+    """The recorder of ``module`` and the query / key after its ``qk_hook``, plus (prefix
+    sharing with a hook) the hooked prefix keys per group, else None. The hook always sees
+    every position's key: with a shared prefix, the keys in the shared layout."""
     rec: AttentionRecorder | None = getattr(module, _RECORDER_ATTR, None)
+    prefix_keys = None
     if rec is not None and rec.qk_hook is not None:
-        query, key = rec.qk_hook(module.layer_idx, query, key)
-    return rec, query, key
+        shared = rec.shared_prefix
+        if shared is None:
+            query, key = rec.qk_hook(module.layer_idx, query, key)
+        else:
+            query, joined = rec.qk_hook(module.layer_idx, query,
+                                        shared.joined_keys(module.layer_idx, key))
+            key, prefix_keys = shared.split_keys(joined)
+    return rec, query, key, prefix_keys
 
 
 def capture_attention_forward(module, query, key, value, attention_mask, scaling=None,
@@ -303,12 +328,17 @@ def capture_attention_forward(module, query, key, value, attention_mask, scaling
     """SDPA attention that records queries and keys (``vlsam_capture``)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    rec, query, key = _prepare(module, query, key)
+    rec, query, key, prefix_keys = _prepare(module, query, key)
     if rec is not None:
         layer = module.layer_idx
         rec.record_query(layer, query.detach())
         rec.record_key(layer, key.detach())
         rec.scaling[layer] = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
+        if rec.shared_prefix is not None:
+            out, _ = shared_prefix_attention(query, key, value, attention_mask,
+                                             rec.scaling[layer], rec.shared_prefix, layer,
+                                             prefix_keys=prefix_keys)
+            return out, None
     return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                   dropout=dropout, **kwargs)
 
@@ -317,8 +347,15 @@ def reference_attention_forward(module, query, key, value, attention_mask, scali
                                 dropout=0.0, **kwargs):
     """Eager attention ``softmax(q k^T * scale + mask) v`` recording the probabilities
     (``vlsam_reference``). ``attention_mask`` is the additive float mask of eager mode."""
-    rec, query, key = _prepare(module, query, key)
+    rec, query, key, prefix_keys = _prepare(module, query, key)
     scale = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if rec is not None and rec.shared_prefix is not None:
+        out, probs = shared_prefix_attention(query, key, value, attention_mask, scale,
+                                             rec.shared_prefix, module.layer_idx,
+                                             want_probs=True, prefix_keys=prefix_keys)
+        rec.record_probs(module.layer_idx, probs)
+        rec.scaling[module.layer_idx] = scale
+        return out, None
     groups = query.shape[1] // key.shape[1]
     k = _repeat_kv(key, groups)
     v = _repeat_kv(value, groups)

@@ -21,18 +21,20 @@ With sharing (``vlm.share_image_prefix``), a batch runs as:
    is prefilled ONCE with batch 1 under the attention capture: the vision tower encodes the
    image once and the decoder runs the prefix once (``AttentionRecorder.take_prefix`` keeps
    its queries / keys / probabilities once for all rows of the group);
-3. the groups' prefix KV caches are laid into one batched cache (each row its group's,
-   shorter prefixes left-padded) and ONE ``generate`` call runs the rest of every prompt
-   (question + assistant prompt, right-aligned), so row b's layout is
+3. ONE ``generate`` call runs the rest of every prompt (question + assistant prompt,
+   right-aligned) with a cache that holds only each row's own tokens; every decoder layer
+   attends to its group's prefix keys/values, held ONCE per image for the whole call, plus
+   the row's own keys (``prefix_attention.shared_prefix_attention``). Logically row b's
+   layout is
 
        [pad | prefix of its image | pad | its suffix | generated tokens]
 
-   with attention_mask 0 on both pads. Position ids come from the model's own
-   ``_prepare_position_ids_for_generation`` (what ``generate`` calls) over this whole
-   layout: the cumulative sum of the mask for the Llama-style decoders, Qwen2-VL's 3-D
-   M-RoPE from ``get_rope_index`` with the image grid (it skips masked tokens). So every
-   token has the position, the attention and the cached keys it has in the unshared
-   left-padded batch.
+   with attention_mask 0 on both pads; ``generate`` sees the columns from W on. Position
+   ids are computed over this whole layout (``position_ids``) exactly as ``generate``
+   computes them for the unshared left-padded batch: the running count of unmasked tokens
+   for the Llama-style decoders, Qwen2-VL's 3-D M-RoPE from its public ``get_rope_index``
+   with the image grid (it skips masked tokens). So every token has the position, the
+   attention and the keys it has in the unshared left-padded batch.
 
 What holds: the same tokens at the same positions attending to the same keys, so greedy
 text is identical and the maps agree to float rounding (batch-1 prefill vs a padded batch
@@ -42,8 +44,8 @@ no random numbers and the one ``generate`` call has the same batch size and seed
 consumes the random stream exactly as the unshared call does; a sampled token can differ
 only where float rounding of the logits moves a probability across the drawn value.
 
-Memory: the KV cache still holds each row's copy of its prefix during ``generate`` (as the
-unshared path does); the attention capture holds each prefix once (never per row).
+Memory: the image prefix's keys and values are held once per image (not per row) during
+``generate``, and the attention capture holds each prefix's queries/keys once.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import numpy as np
 import torch
 
 from vlsam_ros.core.vlm.capture import AttentionRecorder, PrefixCapture
+from vlsam_ros.core.vlm.prefix_attention import SharedPrefixKV
 
 if TYPE_CHECKING:
     from vlsam_ros.core.vlm.hf_backend import HuggingFaceVlm
@@ -194,12 +197,26 @@ def _image_level(inputs: dict) -> dict[str, Any]:
 
 
 def position_ids(model, layout: dict[str, torch.Tensor], inputs: dict) -> torch.Tensor:
-    """Position ids of the shared layout from the model's own generation helper (the one
-    ``generate`` uses): (B, W + S) for the Llama-style decoders, (4, B, W + S) for Qwen2-VL
-    (text positions, then the 3-D M-RoPE positions, which need the image grids)."""
-    kwargs = {k: v for k, v in layout.items() if k != "input_ids"}
-    kwargs.update({k: v for k, v in _image_level(inputs).items() if not k.startswith("pixel")})
-    return model._prepare_position_ids_for_generation(layout["input_ids"], kwargs)
+    """Position ids of the shared layout, as ``generate`` gives the unshared batch.
+
+    Llama-style decoders (LLaVA, LLaVA-NeXT, Idefics3/SmolVLM): (B, W + S), the running
+    count of unmasked tokens minus one (0 on pads). Qwen2-VL / Qwen2.5-VL (M-RoPE; their
+    inner model has ``get_rope_index``): (4, B, W + S), the text positions above, then the
+    3-D (temporal, height, width) positions from the model's public ``get_rope_index`` over
+    the same ids, mask and image grids (it skips masked tokens, so the pads between prefix
+    and suffix take no position).
+    """
+    mask = layout["attention_mask"]
+    text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    inner = getattr(model, "model", model)
+    if not hasattr(inner, "get_rope_index"):
+        return text
+    image_level = {k: v for k, v in _image_level(inputs).items()
+                   if k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")}
+    vision, _ = inner.get_rope_index(layout["input_ids"],
+                                     mm_token_type_ids=layout.get("mm_token_type_ids"),
+                                     attention_mask=mask, **image_level)
+    return torch.cat([text[None], vision.to(text.dtype)], dim=0)
 
 
 def _accepts(module: torch.nn.Module, name: str) -> bool:
@@ -228,49 +245,44 @@ def prefill_prefixes(vlm: "HuggingFaceVlm", plan: SharingPlan, inputs: dict,
     return caches, prefixes
 
 
-def batched_cache(model, plan: SharingPlan, caches: Sequence[Any]):
-    """One DynamicCache of batch B and length W: row b holds its group's prefix keys and
-    values at positions [W - L_g, W) and zeros (masked) before. Built layer by layer, so
-    only one layer is ever held twice."""
-    from transformers import DynamicCache
-
-    w, batch = plan.prefix_width, len(plan.group_of)
-    cache = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        for layer in range(len(caches[0].layers)):
-            k0 = caches[0].layers[layer].keys
-            v0 = caches[0].layers[layer].values
-            keys = k0.new_zeros((batch, k0.shape[1], w, k0.shape[3]))
-            values = v0.new_zeros((batch, v0.shape[1], w, v0.shape[3]))
-            for g, rows in enumerate(plan.groups):
-                idx = torch.tensor(rows, device=k0.device)
-                n_pre = plan.prefix_len[g]
-                keys[idx, :, w - n_pre:] = caches[g].layers[layer].keys
-                values[idx, :, w - n_pre:] = caches[g].layers[layer].values
-            cache.update(keys, values, layer)
-            del keys, values
-    return cache
+def shared_prefix_kv(plan: SharingPlan, caches: Sequence[Any]) -> SharedPrefixKV:
+    """The groups' prefix caches (DynamicCache, (1, KV, L_g, d) per layer) as ONE
+    ``SharedPrefixKV``: views of the prefill's own tensors, nothing copied per row."""
+    layers = range(len(caches[0].layers))
+    return SharedPrefixKV(
+        keys=[[c.layers[layer].keys[0] for c in caches] for layer in layers],
+        values=[[c.layers[layer].values[0] for c in caches] for layer in layers],
+        rows=[torch.tensor(rows, dtype=torch.long) for rows in plan.groups],
+        width=plan.prefix_width)
 
 
 def generate_shared(vlm: "HuggingFaceVlm", plan: SharingPlan, inputs: dict, vlm_cfg,
                     rec: AttentionRecorder) -> tuple[torch.Tensor, list[PrefixCapture]]:
     """Prefix prefills plus one ``generate`` over the suffixes, all under the capture.
 
-    Returns the generated tokens (B, new) (the layout's prompt columns cut off) and each
-    group's PrefixCapture. ``rec`` then holds the generate call's capture, whose queries
-    start at layout position W (``split_rows(origin=W)``).
+    The ``generate`` call sees only the suffix columns [W, W + S) of the shared layout
+    (its cache holds each row's own tokens); the prefixes' keys and values are handed to
+    the attention through ``rec.shared_prefix`` (one copy per image, prefix_attention.py)
+    for the duration of the call. Returns the generated tokens (B, new) and each group's
+    PrefixCapture. ``rec`` then holds the generate call's capture, whose queries AND keys
+    start at layout position W (``split_rows(origin=W)``; ``rec.key_origin`` = W).
     """
     layout = shared_layout(plan, inputs, vlm.tokenizer.pad_token_id)
+    w = plan.prefix_width
     with torch.inference_mode():
         positions = position_ids(vlm.model, layout, inputs)
     caches, prefixes = prefill_prefixes(vlm, plan, inputs, layout, positions, rec)
-    cache = batched_cache(vlm.model, plan, caches)
+    rec.shared_prefix = shared_prefix_kv(plan, caches)
+    rec.key_origin = w                   # generate's cache (recorded keys) starts at W
     del caches
-    gen_inputs = {"input_ids": layout["input_ids"], "attention_mask": layout["attention_mask"],
-                  "position_ids": positions, "past_key_values": cache}
-    del cache
-    sequences = vlm._generate(gen_inputs, vlm_cfg)
-    return sequences[:, layout["input_ids"].shape[1]:], prefixes
+    gen_inputs = {"input_ids": layout["input_ids"][:, w:],
+                  "attention_mask": layout["attention_mask"][:, w:],
+                  "position_ids": positions[..., w:].contiguous()}
+    try:
+        sequences = vlm._generate(gen_inputs, vlm_cfg)
+    finally:
+        rec.shared_prefix = None
+    return sequences[:, gen_inputs["input_ids"].shape[1]:], prefixes
 
 
 _warned: set[str] = set()

@@ -62,74 +62,38 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
-import numpy as np
-
-from vlsam_ros.ros import detections, images
-from vlsam_ros.offline.replay.bag_io import (DETECTION_ARRAY_TYPE, BagError, iter_messages,
-                                             open_reader, open_writer, read_custom_data,
-                                             vlsam_typestore)
-from vlsam_ros.ros.camera_topics import CameraTopics, camera_topics
-from vlsam_ros.core.config import ConfigError, VlsamConfig
+from vlsam_ros.core.config import VlsamConfig
 from vlsam_ros.core.config_files import load_config, parse_set_flags
-from vlsam_ros.core.errors import InvalidImageError
-from vlsam_ros.core.results import FrameResult
-from vlsam_ros.tools.cli import (ToolParser, check_input, check_new_output, check_output_parent,
-                                 run_tool, write_text_atomically)
+from vlsam_ros.offline.replay.bag_io import BagError
+from vlsam_ros.offline.replay.frame_outputs import FrameLabeller, FramePipeline
+from vlsam_ros.offline.replay.output_bag import OutputBag
+from vlsam_ros.offline.replay.replay_options import (
+    BAD_FRAME_POLICIES,
+    REPLAY_INFO_KEY,
+    TIMING_MODES,
+    ReplayError,
+    ReplayOptions,
+    TopicStats,
+    partial_path,
+)
+from vlsam_ros.offline.replay.source_frames import SourceBag
+from vlsam_ros.tools.cli import (
+    ToolParser,
+    check_input,
+    check_new_output,
+    check_output_parent,
+    run_tool,
+    write_text_atomically,
+)
 from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text
 
 LOG = logging.getLogger("vlsam_ros.replay")
 
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
-STRING_TYPE = "std_msgs/msg/String"
-SKIPPED_OUTPUT = "replay_skipped"
-REPLAY_INFO_KEY = "vlsam_ros.replay"
-TIMING_MODES = ("zero", "measured")
-BAD_FRAME_POLICIES = ("skip", "error")
 EXIT_OK, EXIT_ERROR, EXIT_SKIPPED = 0, 2, 3
-
-
-class FramePipeline(Protocol):
-    """What replay needs of ``vlsam_ros.core.pipeline.Pipeline`` (with tracking also its
-    ``segmenter``)."""
-
-    def run(self, image: np.ndarray) -> FrameResult: ...
-
-
-class ReplayError(RuntimeError):
-    """Replay cannot go on; the message says why (bag, topic or frame named)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ReplayOptions:
-    """How to replay. ``topics`` None means the configuration's ``cameras``."""
-
-    topics: tuple[str, ...] | None = None
-    node_name: str = "vlsam"
-    overlay: bool = False
-    storage: str | None = None  # None: the input bag's storage
-    timing: str = "zero"
-    on_bad_frame: str = "skip"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.timing not in TIMING_MODES:
-            raise ValueError(f"timing={self.timing!r}: must be one of {TIMING_MODES}")
-        if self.on_bad_frame not in BAD_FRAME_POLICIES:
-            raise ValueError(f"on_bad_frame={self.on_bad_frame!r}: must be one of "
-                             f"{BAD_FRAME_POLICIES}")
-
-
-@dataclasses.dataclass
-class TopicStats:
-    """Counts for one camera topic."""
-
-    frames: int = 0
-    detection_arrays: int = 0
-    skipped: int = 0
-    detections: int = 0
+__all__ = ["REPLAY_INFO_KEY", "ReplayError", "ReplayOptions", "ReplaySummary", "TopicStats",
+           "check_replay_inputs", "replay_bag", "main"]
 
 
 @dataclasses.dataclass
@@ -163,88 +127,9 @@ class ReplaySummary:
                 "truncated_input": self.truncated_input, "unreadable": self.unreadable}
 
 
-def _storage_of(bag: Path) -> str:
-    files = [p.suffix for p in bag.iterdir()] if bag.is_dir() else [bag.suffix]
-    return "sqlite3" if ".db3" in files else "mcap"
-
-
-def select_cameras(reader: Any, requested: Sequence[str], node_name: str, bag: Path,
-                   ) -> list[tuple[CameraTopics, list[Any]]]:
-    """Resolves the requested topics against the bag: ``[(topics, connections)]``.
-
-    Raises ReplayError for a topic that is not in the bag or not an image topic, naming
-    the bag's image topics.
-    """
-    by_topic: dict[str, list[Any]] = {}
-    for conn in reader.connections:
-        by_topic.setdefault(conn.topic, []).append(conn)
-    image_topics = sorted(t for t, cs in by_topic.items()
-                          if cs[0].msgtype in (IMAGE_TYPE, COMPRESSED_TYPE))
-    out = []
-    for topic in requested:
-        conns = by_topic.get(topic)
-        if conns is None:
-            raise ReplayError(f"{bag}: topic {topic!r} is not in the bag; its image topics: "
-                              f"{image_topics or 'none'}")
-        types = {c.msgtype for c in conns}
-        if len(types) != 1 or next(iter(types)) not in (IMAGE_TYPE, COMPRESSED_TYPE):
-            raise ReplayError(f"{bag}: topic {topic!r} has type {sorted(types)}, not "
-                              f"{IMAGE_TYPE} or {COMPRESSED_TYPE}; image topics: "
-                              f"{image_topics or 'none'}")
-        try:
-            cam = camera_topics(topic, node_name)
-        except ConfigError as exc:
-            raise ReplayError(str(exc)) from None
-        out.append((cam, conns))
-    seen: dict[str, str] = {}
-    for cam, _ in out:
-        if cam.detections in seen:
-            raise ReplayError(f"topics {seen[cam.detections]!r} and {cam.input!r} would both "
-                              f"write {cam.detections}")
-        seen[cam.detections] = cam.input
-    return out
-
-
-class _ResultWriter:
-    """Serialises one frame's outputs through the live node's conversion
-    (``detections.frame_result_to_msg``), with rosbags' message classes: no rclpy
-    and no colcon build needed. The message equals rclpy's (test_replay checks it); unlike
-    rclpy, rosbags zeroes CDR alignment padding, which keeps the output reproducible."""
-
-    def __init__(self, store: Any, cfg: VlsamConfig, options: ReplayOptions) -> None:
-        self._store = store
-        self._types = detections.MessageTypes.from_typestore(store)
-        self._cfg = cfg
-        self._options = options
-
-    def detection_array(self, result: FrameResult, header: Any) -> bytes:
-        """DetectionArray CDR; with timing "zero" the wall-clock fields are 0.0."""
-        if self._options.timing == "zero":
-            result = dataclasses.replace(result, vlm_ms=0.0, segment_ms=0.0, total_ms=0.0)
-            latency = 0.0
-        else:  # a replayed stamp is unrelated to the wall clock: report processing time
-            latency = result.total_ms
-        msg = detections.frame_result_to_msg(result, header, latency, types=self._types)
-        return self._store.serialize_cdr(msg, DETECTION_ARRAY_TYPE)
-
-    def overlay(self, rgb: np.ndarray, result: FrameResult, header: Any) -> bytes:
-        """Overlay Image CDR (rgb8, unpadded), drawn by the node's ``draw_overlay``."""
-        from vlsam_ros.ros.visualization import draw_overlay
-
-        ordered = detections.ranked_detections(result.detections)  # colours as published
-        pixels = draw_overlay(rgb, ordered, self._cfg.node)
-        msg = images.image_msg(pixels, header, msg_type=self._store.types[IMAGE_TYPE])
-        return self._store.serialize_cdr(msg, IMAGE_TYPE)
-
-
-def skipped_frames_topic(cam: CameraTopics, node_name: str) -> str:
-    """``<camera ns>/<node>/replay_skipped``, beside the camera's detections topic."""
-    return f"{cam.namespace}/{node_name}/{SKIPPED_OUTPUT}"
-
-
-def partial_path(out_bag: Path) -> Path:
-    """Where an interrupted or failed replay leaves what it wrote: ``OUT_BAG.partial``."""
-    return out_bag.with_name(out_bag.name + ".partial")
+def requested_topics(cfg: VlsamConfig, options: ReplayOptions) -> tuple[str, ...]:
+    """The camera topics to replay: ``options.topics``, else the configuration's cameras."""
+    return tuple(options.topics) if options.topics else tuple(cfg.cameras)
 
 
 def check_replay_inputs(in_bag: str | Path, out_bag: str | Path, cfg: VlsamConfig,
@@ -257,14 +142,31 @@ def check_replay_inputs(in_bag: str | Path, out_bag: str | Path, cfg: VlsamConfi
     if partial_path(out_bag).exists():
         raise ReplayError(f"{partial_path(out_bag)} exists (left by an earlier replay); remove "
                           "it or choose another output path")
-    requested = tuple(options.topics) if options.topics else tuple(cfg.cameras)
-    with open_reader(in_bag) as reader:
-        select_cameras(reader, requested, options.node_name, in_bag)
+    with SourceBag(in_bag, requested_topics(cfg, options), options.node_name):
+        pass
+
+
+def _keep_partial(output: OutputBag, total: int, exc: BaseException) -> None:
+    """After a failure: closes ``output`` and renames it ``OUT_BAG.partial``; an interrupt
+    becomes a KeyboardInterrupt whose message says what was kept."""
+    output.abandon()
+    partial = partial_path(output.path)
+    if partial.exists():
+        raise ReplayError(f"{partial} exists; the partial output stays in {output.path}"
+                          ) from None
+    output.path.rename(partial)
+    if isinstance(exc, KeyboardInterrupt):  # the summary is the tool's last line
+        raise KeyboardInterrupt(f"{output.frames} of {total} frame(s) read, the "
+                                f"{output.detection_arrays} DetectionArray(s) written so far "
+                                f"are in {partial}") from None
+    LOG.error("replay stopped; the %d DetectionArray(s) written so far are in %s",
+              output.detection_arrays, partial)
 
 
 def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
-               cfg: VlsamConfig, options: ReplayOptions = ReplayOptions()) -> ReplaySummary:
-    """Replays ``in_bag`` through ``pipeline`` into the new bag ``out_bag``.
+               cfg: VlsamConfig, options: ReplayOptions | None = None) -> ReplaySummary:
+    """Replays ``in_bag`` through ``pipeline`` into the new bag ``out_bag``: source frames
+    (``SourceBag``) -> ``FrameLabeller`` -> ``OutputBag``, the path ``vlsam-label`` shares.
 
     Raises BagError (unreadable or truncated input, existing output), ReplayError (topics,
     or a bad frame with ``on_bad_frame="error"``) and lets pipeline errors propagate. On an
@@ -275,103 +177,31 @@ def replay_bag(in_bag: str | Path, out_bag: str | Path, pipeline: FramePipeline,
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     in_bag, out_bag = Path(in_bag), Path(out_bag)
-    requested = tuple(options.topics) if options.topics else tuple(cfg.cameras)
-    tracking = None
-    if cfg.tracking.mode != "off":  # every frame followed, discovery every K-th frame
-        from vlsam_ros.core.tracking.two_rate import OfflineTracking
-
-        tracking = OfflineTracking.for_pipeline(pipeline, cfg)
-    store = vlsam_typestore()
-    results = _ResultWriter(store, cfg, options)
-    stats: dict[str, TopicStats] = {}
+    options = options or ReplayOptions()
+    labeller = FrameLabeller(pipeline, cfg, options)
     pipeline_s = 0.0
     started = time.perf_counter()
-    with open_reader(in_bag) as reader:
-        cameras = select_cameras(reader, requested, options.node_name, in_bag)
-        conn_to_cam = {c.id: cam for cam, conns in cameras for c in conns}
-        total = sum(c.msgcount for _, conns in cameras for c in conns)
-        custom = read_custom_data(in_bag)
-        writer = open_writer(out_bag, options.storage or _storage_of(in_bag), custom)
+    with SourceBag(in_bag, requested_topics(cfg, options), options.node_name) as source:
+        output = OutputBag(out_bag, options.storage or source.storage, source.cameras,
+                           source.custom_data, options, in_bag)
+        bar = tqdm(total=source.total, unit="frame", desc="replay", file=sys.stderr,
+                   disable=not options.progress, dynamic_ncols=True)
         try:
-            out_conns: dict[str, Any] = {}
-            skipped_topics = {cam.input: skipped_frames_topic(cam, options.node_name)
-                              for cam, _ in cameras}
-            for cam, _ in cameras:  # connections in a fixed order: deterministic bag
-                stats[cam.input] = TopicStats()
-                out_conns[cam.detections] = writer.add_connection(
-                    cam.detections, DETECTION_ARRAY_TYPE, typestore=store)
-                if options.overlay:
-                    out_conns[cam.overlay] = writer.add_connection(cam.overlay, IMAGE_TYPE,
-                                                                   typestore=store)
-                skipped_topic = skipped_topics[cam.input]
-                out_conns[skipped_topic] = writer.add_connection(skipped_topic, STRING_TYPE,
-                                                                 typestore=store)
-            connections = [c for _, conns in cameras for c in conns]
-            bar = tqdm(total=total, unit="frame", desc="replay", file=sys.stderr,
-                       disable=not options.progress, dynamic_ncols=True)
             # The root logger's console handler (not LOG's) prints: redirecting LOG would
             # print every warning twice.
             with bar, logging_redirect_tqdm():
-                for conn, log_time, raw in iter_messages(reader, connections, in_bag):
-                    cam = conn_to_cam[conn.id]
-                    st = stats[cam.input]
-                    st.frames += 1
-                    msg = store.deserialize_cdr(raw, conn.msgtype)
-                    try:
-                        rgb = images.decode_image_msg(msg, cfg.node)
-                        t0 = time.perf_counter()
-                        try:
-                            if tracking is None:
-                                result = pipeline.run(rgb)
-                            else:
-                                stamp = msg.header.stamp
-                                result = tracking.step(cam.input, rgb, stamp.sec * 1_000_000_000
-                                                       + stamp.nanosec)
-                        finally:
-                            pipeline_s += time.perf_counter() - t0
-                    except InvalidImageError as exc:
-                        where = (f"{cam.input} frame {st.frames} (stamp {msg.header.stamp.sec}."
-                                 f"{msg.header.stamp.nanosec:09d})")
-                        if options.on_bad_frame == "error":
-                            raise ReplayError(f"{in_bag}: {where}: {exc}") from None
-                        LOG.warning("skipping %s: %s", where, exc)
-                        st.skipped += 1
-                        text = (f"{msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d} "
-                                f"{msg.header.frame_id}: {exc}")
-                        writer.write(out_conns[skipped_topics[cam.input]], log_time,
-                                     store.serialize_cdr(store.types[STRING_TYPE](data=text),
-                                                         STRING_TYPE))
-                        bar.update(1)
-                        continue
-                    writer.write(out_conns[cam.detections], log_time,
-                                 results.detection_array(result, msg.header))
-                    st.detection_arrays += 1
-                    st.detections += len(result.detections)
-                    if options.overlay:
-                        writer.write(out_conns[cam.overlay], log_time,
-                                     results.overlay(rgb, result, msg.header))
+                for frame in source.frames():
+                    out = labeller.label(frame)
+                    pipeline_s += out.pipeline_s
+                    output.write(out)
                     bar.update(1)
-            writer.set_custom_data(REPLAY_INFO_KEY, json.dumps(
-                {k: dataclasses.asdict(v) for k, v in stats.items()}, sort_keys=True))
-            writer.close()
+            output.close()
         except BaseException as exc:
-            writer.close()
-            partial = partial_path(out_bag)
-            if partial.exists():
-                raise ReplayError(f"{partial} exists; the partial output stays in {out_bag}"
-                                  ) from None
-            out_bag.rename(partial)
-            written = sum(s.detection_arrays for s in stats.values())
-            read = sum(s.frames for s in stats.values())
-            if isinstance(exc, KeyboardInterrupt):  # the summary is the tool's last line
-                raise KeyboardInterrupt(f"{read} of {total} frame(s) read, the {written} "
-                                        f"DetectionArray(s) written so far are in "
-                                        f"{partial}") from None
-            LOG.error("replay stopped; the %d DetectionArray(s) written so far are in %s",
-                      written, partial)
+            _keep_partial(output, source.total, exc)
             raise
-    report = getattr(reader, "report", None)  # a cut mcap read by mcap_salvage
-    return ReplaySummary(out_bag, stats, time.perf_counter() - started, pipeline_s,
+    report = source.report  # a cut mcap read by mcap_salvage
+    requested = requested_topics(cfg, options)
+    return ReplaySummary(out_bag, output.stats, time.perf_counter() - started, pipeline_s,
                          report.describe(requested) if report is not None else None,
                          report.lost(requested) if report is not None else 0)
 

@@ -70,7 +70,8 @@ def frames_from_bag(bag: str | Path, topics: Sequence[str], every: int = 1,
     topics together in log-time order. FramesError for a missing topic, a non-image topic
     or an undecodable frame; BagError for an unreadable bag."""
     from vlsam_ros.offline.replay.bag_io import iter_messages, open_reader, vlsam_typestore
-    from vlsam_ros.offline.replay.replay_bag import ReplayError, select_cameras
+    from vlsam_ros.offline.replay.replay_options import ReplayError
+    from vlsam_ros.offline.replay.source_frames import select_cameras
     from vlsam_ros.ros.images import decode_image_msg
 
     store = vlsam_typestore()

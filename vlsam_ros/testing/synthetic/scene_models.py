@@ -65,9 +65,6 @@ class SceneOracleSegmenter:
         self.segment_calls = 0
         self.prompts = 0
 
-    def configure(self, sam_cfg: Any) -> None:
-        """No settings."""
-
     def embed(self, image: np.ndarray) -> _OracleEmbedding:
         self.embed_calls += 1
         if self.delay_s:
@@ -75,8 +72,9 @@ class SceneOracleSegmenter:
         return _OracleEmbedding(self._index.find(image).ids)
 
     def segment(self, embedding: _OracleEmbedding, points: np.ndarray, labels: np.ndarray,
-                mask_logits: np.ndarray | None = None,
-                boxes: np.ndarray | None = None) -> SegmentationBatch:
+                mask_logits: np.ndarray | None = None, boxes: np.ndarray | None = None,
+                *, sam_cfg: Any = None) -> SegmentationBatch:
+        """sam_cfg: accepted for the protocol; the oracle has no settings."""
         self.segment_calls += 1
         self.prompts += len(points)
         ids = embedding.ids
