@@ -267,7 +267,8 @@ def main() -> None:
         print(f"| {r['profile']} | {r['views']} x {r['questions']} = {r['vlm_sequences']} | "
               f"{r['generated_tokens']} ({r['token_budget']}) | {r['sam_prompts']} | "
               f"{r['frame_ms']:.0f} | {r['nms']['one_stage_ms']} / {r['nms']['two_stage_ms']} |")
-    print(json.dumps({"profiles": rows, "synthetic_nms": synthetic, "image": [args.height, args.width],
+    print(json.dumps({"profiles": rows, "synthetic_nms": synthetic,
+                      "image": [args.height, args.width],
                       "torch_threads": torch.get_num_threads(),
                       "cpu": platform.processor() or platform.machine()}))
 

@@ -132,21 +132,36 @@ class SlotEventLog:
     arrive in one total order; it remembers the newest put stamp per camera and checks at
     every take that the taken frame is that newest one (constant memory per put)."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_cameras: int | None = None) -> None:
         self._newest: dict[int, int] = {}
         self._takes: list[tuple[int, int]] = []
         self._stale: list[tuple[int, int, int]] = []
         self.puts = 0
+        # Round-robin check (with num_cameras): cameras holding a frame put since their
+        # last take, and the camera the next scan starts from (FrameSlots starts at 0).
+        self._num_cameras = num_cameras
+        self._waiting: set[int] = set()
+        self._scan_start = 0
+        self._out_of_turn: list[tuple[int, int]] = []
 
     def __call__(self, event: str, camera: int, msg: Any) -> None:
         stamp = stamp_ns(msg.header.stamp)
         if event == "put":
             self._newest[camera] = stamp
+            self._waiting.add(camera)
             self.puts += 1
             return
         self._takes.append((camera, stamp))
         if stamp != self._newest.get(camera):
             self._stale.append((camera, stamp, self._newest.get(camera, -1)))
+        if self._num_cameras is not None:
+            n = self._num_cameras
+            due = next((c for c in ((self._scan_start + k) % n for k in range(n))
+                        if c in self._waiting), None)
+            if camera != due:
+                self._out_of_turn.append((camera, -1 if due is None else due))
+            self._waiting.discard(camera)
+            self._scan_start = (camera + 1) % n
 
     def takes(self) -> list[tuple[int, int]]:
         """(camera, stamp_ns) of every taken frame, in take order."""
@@ -156,3 +171,11 @@ class SlotEventLog:
         """Takes whose frame was not the newest put on its camera at that moment:
         (camera, taken stamp, newest stamp). Empty when hand-over is newest-only."""
         return list(self._stale)
+
+    def out_of_turn_takes(self) -> list[tuple[int, int]]:
+        """Takes that broke round-robin order: (taken camera, the camera that was due: the
+        first one holding a fresh frame, scanning on from the one served last; -1 when no
+        camera held one). Empty when service is fair. Needs ``num_cameras``."""
+        if self._num_cameras is None:
+            raise ValueError("SlotEventLog(num_cameras=...) checks the round-robin order")
+        return list(self._out_of_turn)

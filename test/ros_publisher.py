@@ -5,7 +5,8 @@
 
 Each topic gets ``sensor_msgs/Image`` frames (or ``CompressedImage`` JPEG for topics ending
 in ``/compressed``; ``TOPIC=ENCODING`` fixes a raw topic's encoding) whose header stamp is
-the publisher's clock at publication and whose frame_id is ``<camera namespace without slashes>_optical``. Encodings cycle per frame through
+the publisher's clock at publication and whose frame_id is
+``<camera namespace without slashes>_optical``. Encodings cycle per frame through
 ``--encodings``. Every published frame is appended to ``--log`` as one JSON line:
 ``{"topic", "stamp_ns", "frame_id", "encoding", "index"}``, written before ``publish`` so a
 frame received by a subscriber is always in the log. Exits 0 after ``--duration`` seconds or

@@ -72,7 +72,6 @@ class _EmptyPipeline:
 def test_node_logs_a_periodic_rate_line(tiny_config, capfd):
     import time
 
-    import numpy as np
     import rclpy
     from sensor_msgs.msg import Image
 

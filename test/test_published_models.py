@@ -67,7 +67,7 @@ def test_config_has_every_published_model_value(repo):
     # The tiny tokenizer's ids fit the published vocabulary, and the image token is remapped.
     text = getattr(config, "text_config", config)
     assert len(tokenizer) < text.vocab_size
-    image_id = getattr(config, "image_token_id", None) or getattr(config, "image_token_index")
+    image_id = getattr(config, "image_token_id", None) or config.image_token_index
     assert image_id == tokenizer.convert_tokens_to_ids(
         "<|image_pad|>" if ckpt.family == "qwen2_vl" else "<image>")
 

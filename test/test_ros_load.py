@@ -1,14 +1,17 @@
 """Load: 4 cameras at 30 Hz into one node with the tiny real models.
 
-Checks resident memory growth after warm-up (< 5 %), fair round-robin service (every camera
-served, counts within one of each other), newest-frame hand-over at every take, and that
-every output stamp is one the worker took. Default run: 125 s of publishing; the 15-minute
-soak is behind ``-m slow``. Figures are printed (run with ``-s``) and written to
-``$VLSAM_LOAD_REPORT`` when that is set.
+Default run (short, no fixed sleeps; it waits on conditions): publishes until every camera
+has been served three times, then checks behaviour that does not depend on the machine's speed:
+every camera served, round-robin order at every take, newest-frame hand-over at every take
+(outputs are the taken frames in take order, and surplus frames were dropped, not queued),
+at most one waiting frame per camera. The 10-minute soak (``make test-slow``) also checks
+resident memory growth after warm-up (< 5 %). Figures are printed (run with ``-s``) and
+written to ``$VLSAM_LOAD_REPORT`` when that is set.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -37,6 +40,9 @@ OUTPUTS = [f"/load_cam{i}/vlsam/detections" for i in range(4)]
 RATE_HZ = 30.0
 WARMUP_S = 30.0  # models loaded, first frames through every camera, allocator settled
 MAX_RSS_GROWTH = 0.05
+SOAK_S = 600.0
+SERVED_PER_CAMERA = 3
+SHORT_TIMEOUT_S = 300.0  # a failure bound only: the short run ends as soon as it is done
 
 
 class RssSampler:
@@ -69,71 +75,142 @@ class RssSampler:
         return statistics.median(values)
 
 
-@pytest.mark.parametrize("duration_s", [
-    pytest.param(125.0, id="2min"),
-    pytest.param(900.0, id="15min", marks=pytest.mark.slow),
-])
-def test_four_cameras_at_30hz(tiny_config, tmp_path, duration_s):
-    cfg = tiny_config(cameras=CAMERAS, node__diagnostics_period_s=1.0)
-    events = SlotEventLog()
+@dataclasses.dataclass
+class LoadRun:
+    """What one run of the node under load left behind."""
+
+    elapsed_s: float
+    counts: dict[str, dict[str, int]]      # node.camera_counts() before deactivate
+    published: list[int]                   # per camera, after deactivate (last frame too)
+    outputs: list[list[int]]               # per camera: header stamps received (ns)
+    events: SlotEventLog
+    state: str
+    max_waiting: int                       # most frames one camera's slot held (sampled)
+
+
+def run_under_load(cfg, tmp_path, *, publish_s: float, done, timeout_s: float,
+                   pipeline_factory=None) -> LoadRun:
+    """Starts the node on CAMERAS, publishes at RATE_HZ for up to ``publish_s`` and stops
+    the publisher once ``done(counts)`` holds (counts: node.camera_counts()) or it ends;
+    fails after ``timeout_s``. Deactivates the node and waits for its last outputs.
+    ``pipeline_factory``: VlsamNode's (None: the production loaders)."""
+    events = SlotEventLog(num_cameras=len(CAMERAS))
     log = tmp_path / "published.jsonl"
-    with ros_session() as session, RssSampler() as rss:
+    max_waiting = 0
+    with ros_session() as session:
         node = session.add(VlsamNode("vlsam", context=session.context,
                                      parameter_overrides=parameter_overrides(cfg),
-                                     slot_observer=events))
+                                     slot_observer=events, pipeline_factory=pipeline_factory))
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS, node.problem
         collector = Collector(session, DetectionArray, OUTPUTS)
         started = time.monotonic()
-        publisher = start_publisher(log, CAMERAS, rate=RATE_HZ, duration=duration_s,
+        publisher = start_publisher(log, CAMERAS, rate=RATE_HZ, duration=publish_s,
                                     width=320, height=240)
+
+        def finished() -> bool:
+            nonlocal max_waiting
+            counts = node.camera_counts()
+            max_waiting = max([max_waiting] + [c["received"] - c["taken"] - c["dropped"]
+                                               for c in counts.values()])
+            broken = events.stale_takes() or events.out_of_turn_takes()  # fail fast
+            return publisher.poll() is not None or bool(broken) or done(counts)
+
         try:
-            publisher.wait(timeout=duration_s + 60)
+            assert collector.wait_for(finished, timeout_s), (
+                f"not done after {timeout_s} s: {node.camera_counts()}")
         finally:
             if publisher.poll() is None:
-                publisher.kill()
+                publisher.terminate()
+            publisher.wait(timeout=30)
         elapsed = time.monotonic() - started
         counts = node.camera_counts()
         state = node.lifecycle_state
         assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
         # The worker finishes its current frame during deactivate: count it too.
-        published_total = {c: v["published"] for c, v in node.camera_counts().items()}
-        time.sleep(0.5)  # the last DetectionArray in flight
-        outputs = {out: [stamp_ns(m.header.stamp) for m in collector.received(out)]
-                   for out in OUTPUTS}
+        after = node.camera_counts()
+        published = [after[c]["published"] for c in CAMERAS]
+        assert collector.wait_for(lambda: [len(collector.received(o)) for o in OUTPUTS]
+                                  == published, 30.0), "published detections did not arrive"
+        outputs = [[stamp_ns(m.header.stamp) for m in collector.received(o)] for o in OUTPUTS]
+    return LoadRun(elapsed, counts, published, outputs, events, state, max_waiting)
+
+
+def check_behaviour(run: LoadRun) -> None:
+    """Assertions that hold on any machine: nothing here depends on speed or load."""
+    assert run.state == "active"
+    assert min(run.published) >= 1, f"a camera was never served: {run.published}"
+    assert run.events.out_of_turn_takes() == [], "round-robin service was not followed"
+    assert run.events.stale_takes() == [], "a taken frame was not its camera's newest"
+    for index, stamps in enumerate(run.outputs):
+        taken = [stamp for cam, stamp in run.events.takes() if cam == index]
+        assert len(stamps) == run.published[index]
+        assert stamps == taken[: len(stamps)], "outputs not in take order, or not taken"
+        assert all(a < b for a, b in zip(stamps, stamps[1:]))
+    for cam in CAMERAS:
+        c = run.counts[cam]
+        assert c["failed"] == 0 and c["malformed"] == 0, c
+        # Frames beyond the node's rate were dropped, none queued: one slot per camera.
+        assert c["dropped"] > 0, f"{cam}: the publisher did not outpace the node: {c}"
+        assert c["received"] - c["taken"] - c["dropped"] in (0, 1), c
+    assert run.max_waiting <= 1
+
+
+def report(run: LoadRun, extra: dict | None = None) -> dict:
+    out = {
+        "duration_s": round(run.elapsed_s, 1),
+        "input_hz_per_camera": [round(run.counts[c]["received"] / run.elapsed_s, 1)
+                                for c in CAMERAS],
+        "published_per_camera": run.published,
+        "dropped_per_camera": [run.counts[c]["dropped"] for c in CAMERAS],
+        "frames_taken": len(run.events.takes()),
+        "stale_takes": len(run.events.stale_takes()),
+        **(extra or {}),
+    }
+    print("load test:", json.dumps(out))
+    if os.environ.get("VLSAM_LOAD_REPORT"):
+        with open(os.environ["VLSAM_LOAD_REPORT"], "a") as f:
+            f.write(json.dumps(out) + "\n")
+    return out
+
+
+def test_four_cameras_at_30hz(tiny_config, tmp_path):
+    """Short: runs until every camera has been served SERVED_PER_CAMERA times. The tiny VLM
+    runs for real; the oracle segmenter of test/oracle.py stands in for MobileSAM, whose
+    1024 x 1024 encoder costs seconds per frame here (the checks concern the hand-over, not
+    the models' work; the soak runs the production loaders)."""
+    from oracle import OracleSegmenter
+
+    from vlsam_ros.core.pipeline import Pipeline
+    from vlsam_ros.core.vlm import load_vlm
+
+    cfg = tiny_config(cameras=CAMERAS, node__diagnostics_period_s=1.0, vlm__max_new_tokens=4,
+                      prompts__refinement_rounds=0)
+    run = run_under_load(
+        cfg, tmp_path, publish_s=SHORT_TIMEOUT_S, timeout_s=SHORT_TIMEOUT_S,
+        pipeline_factory=lambda cfg: Pipeline(cfg, load_vlm(cfg), OracleSegmenter()),
+        done=lambda counts: min(counts[c]["published"] for c in CAMERAS) >= SERVED_PER_CAMERA)
+    report(run)
+    check_behaviour(run)
+    assert min(run.published) >= SERVED_PER_CAMERA
+
+
+@pytest.mark.slow
+def test_four_cameras_at_30hz_soak(tiny_config, tmp_path):
+    """10 minutes of publishing; also resident memory after warm-up."""
+    cfg = tiny_config(cameras=CAMERAS, node__diagnostics_period_s=1.0)
+    with RssSampler() as rss:
+        run = run_under_load(cfg, tmp_path, publish_s=SOAK_S, timeout_s=SOAK_S + 60,
+                             done=lambda counts: False)
     sampled_s = rss.samples[-1][0]
     # Medians over 20 s windows: single samples swing with the frame's transient tensors.
     rss_warm = rss.median_between(WARMUP_S, WARMUP_S + 20.0)
     rss_end = rss.median_between(sampled_s - 20.0, sampled_s)
     growth = (rss_end - rss_warm) / rss_warm
-    served = [published_total[c] for c in CAMERAS]
-    received_hz = [counts[c]["received"] / elapsed for c in CAMERAS]
-    taken_by_camera: dict[int, set[int]] = {i: set() for i in range(len(CAMERAS))}
-    for cam, stamp in events.takes():
-        taken_by_camera[cam].add(stamp)
-    report = {
-        "duration_s": round(elapsed, 1),
-        "input_hz_per_camera": [round(h, 1) for h in received_hz],
-        "published_per_camera": served,
-        "dropped_per_camera": [counts[c]["dropped"] for c in CAMERAS],
-        "frames_taken": len(events.takes()),
-        "stale_takes": len(events.stale_takes()),
-        "rss_after_warmup_mb": round(rss_warm / 2**20, 1),
-        "rss_end_mb": round(rss_end / 2**20, 1),
-        "rss_growth_pct": round(100 * growth, 2),
-        "rss_mb_every_10s": [round(r / 2**20) for t, r in rss.samples[::10]],
-    }
-    print("load test:", json.dumps(report))
-    if os.environ.get("VLSAM_LOAD_REPORT"):
-        with open(os.environ["VLSAM_LOAD_REPORT"], "a") as f:
-            f.write(json.dumps(report) + "\n")
-    assert state == "active"
-    assert min(received_hz) > 0.5 * RATE_HZ, "the publisher did not load the node"
-    assert min(served) >= 1, "a camera was never served"
-    assert max(served) - min(served) <= 1, "round-robin service was not fair"
-    assert events.stale_takes() == []
-    for index, out in enumerate(OUTPUTS):
-        assert set(outputs[out]) <= taken_by_camera[index]
-        assert len(outputs[out]) == served[index]
-    assert all(counts[c]["failed"] == 0 and counts[c]["malformed"] == 0 for c in CAMERAS)
-    assert growth < MAX_RSS_GROWTH, report
+    out = report(run, {"rss_after_warmup_mb": round(rss_warm / 2**20, 1),
+                       "rss_end_mb": round(rss_end / 2**20, 1),
+                       "rss_growth_pct": round(100 * growth, 2),
+                       "rss_mb_every_10s": [round(r / 2**20) for t, r in rss.samples[::10]]})
+    check_behaviour(run)
+    assert run.elapsed_s >= SOAK_S - 5, "the publisher ended early"
+    assert growth < MAX_RSS_GROWTH, out

@@ -115,6 +115,7 @@ def test_runner_publishes_source_stamp_and_frame_id(tiny_config, tmp_path):
 # Stale frames: the worker takes only the newest frame
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # the default suite checks the same on 4 cameras: test_ros_load.py
 def test_worker_takes_only_the_newest_frame(tiny_config, tmp_path):
     camera = "/stale_cam/image_raw"
     cfg = tiny_config(cameras=[camera])
@@ -241,7 +242,9 @@ def test_malformed_frames_are_skipped_and_node_keeps_serving(tiny_config):
              + [(jpeg_topic, kind, msg) for kind, msg in malformed_compressed(rng, 36)])
     order = rng.permutation(len(cases))
     with ros_session() as session:
-        node = make_node(session, cfg)
+        # Decoding happens before the pipeline: the real tiny VLM with the oracle segmenter
+        # serves the good frames (MobileSAM's encoder would only add seconds per frame).
+        node = make_node(session, cfg, pipeline_factory=oracle_sam_pipeline)
         activate(node)
         collector = Collector(session, DetectionArray, outputs)
         sender = session.add(session_node(session, "fuzz_sender"))
@@ -285,6 +288,16 @@ def test_malformed_frames_are_skipped_and_node_keeps_serving(tiny_config):
     assert sum(c["failed"] for c in counts.values()) == 0
     print(f"fuzz: {len(cases)} malformed cases ({len(cases) - 36} Image, 36 CompressedImage), "
           f"{len(good_stamps)} good frames served after them")
+
+
+def oracle_sam_pipeline(cfg):
+    """The pipeline with the tiny VLM and test/oracle.py's segmenter in place of SAM."""
+    from oracle import OracleSegmenter
+
+    from vlsam_ros.core.pipeline import Pipeline
+    from vlsam_ros.core.vlm import load_vlm
+
+    return Pipeline(cfg, load_vlm(cfg), OracleSegmenter())
 
 
 def session_node(session, name: str):

@@ -6,6 +6,7 @@ documented exit code (vlsam_ros/tools/cli.py: 2 user error, 1 the node could not
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import signal
@@ -191,14 +192,39 @@ def _expand(args: list[str], inputs: Path, out: Path, tiny: Path) -> list[str]:
     return expanded
 
 
-@pytest.mark.parametrize("tool, args, code, message", CASES,
-                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_bad_input_gives_code_one_line_and_no_output(tool, args, code, message, inputs,
-                                                     tiny_model_dir, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
+CASE_IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+CASE_PROCESSES = max(2, os.cpu_count() or 1)  # cases run at once (separate processes)
+
+
+@pytest.fixture(scope="module")
+def case_runs(request, inputs, tiny_model_dir, tmp_path_factory):
+    """Runs the tool process of every selected case (all unless -k narrowed them),
+    CASE_PROCESSES at a time: the cases are independent processes, each with its own
+    working and output folder, so they need not wait for one another. Returns
+    {case id: (CompletedProcess, working folder, output folder)} and the inputs' tree as it
+    was before any case ran."""
+    wanted = [item.callspec.id for item in request.session.items
+              if item.originalname == "test_bad_input_gives_code_one_line_and_no_output"]
     before_inputs = tree(inputs)
-    result = run(tool, _expand(args, inputs, out, tiny_model_dir), cwd=tmp_path)
+    jobs = []
+    for case_id in wanted:
+        tool, args, _, _ = CASES[CASE_IDS.index(case_id)]
+        work = tmp_path_factory.mktemp(f"case{case_id.rsplit('-', 1)[1]}")
+        out = work / "out"
+        out.mkdir()
+        jobs.append((case_id, tool, _expand(args, inputs, out, tiny_model_dir), work, out))
+    with concurrent.futures.ThreadPoolExecutor(CASE_PROCESSES) as pool:
+        futures = {job[0]: pool.submit(run, job[1], job[2], job[3]) for job in jobs}
+        runs = {case_id: (futures[case_id].result(), work, out)
+                for case_id, _, _, work, out in jobs}
+    return runs, before_inputs
+
+
+@pytest.mark.parametrize("tool, args, code, message", CASES, ids=CASE_IDS)
+def test_bad_input_gives_code_one_line_and_no_output(tool, args, code, message, inputs,
+                                                     case_runs, request):
+    runs, before_inputs = case_runs
+    result, work, out = runs[request.node.callspec.id]
     log = result.stdout + result.stderr
     assert result.returncode == code, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
@@ -207,8 +233,8 @@ def test_bad_input_gives_code_one_line_and_no_output(tool, args, code, message, 
     prefix = f"{tool}: error: " if code == 2 else ""
     assert last.startswith(prefix) or "exiting: " in last, last
     assert tree(out) == set(), f"output left behind: {tree(out)}"
-    assert tree(inputs) == before_inputs, "an input folder was changed"
-    assert not any(p.name.startswith(STAGING_PREFIX) for p in tmp_path.rglob("*"))
+    assert tree(inputs) == before_inputs, "an input folder was changed (by this or another case)"
+    assert not any(p.name.startswith(STAGING_PREFIX) for p in work.rglob("*"))
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))

@@ -373,7 +373,7 @@ def _run_scene(scene, every, delay):
 def test_scene_with_oracle_and_discovery_every_10th_frame(scene):
     results, scores = _run_scene(scene, every=10, delay=0)
     assert [r.discovery for r in results] == [i % 10 == 0 for i in range(len(scene.frames))]
-    for oid, obj in scores.per_object.items():
+    for obj in scores.per_object.values():
         assert obj.mean_iou >= 0.8, (obj.name, obj)
         assert obj.frames_matched >= 0.8 * obj.frames_visible, (obj.name, obj)
     assert scores.mota >= 0.9 and scores.idf1 >= 0.9 and scores.id_switches == 0, scores

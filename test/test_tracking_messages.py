@@ -72,7 +72,7 @@ def test_without_tracking_the_label_stamp_is_the_frames_own(typestore, header):
 
 
 def test_vision_msgs_id_is_the_track_id(monkeypatch, header):
-    from test_conversions import _fake_vision_msgs  # noqa: the same vision_msgs 4.x layout
+    from test_conversions import _fake_vision_msgs  # the same vision_msgs 4.x layout
 
     package, module = _fake_vision_msgs()
     monkeypatch.setitem(sys.modules, "vision_msgs", package)

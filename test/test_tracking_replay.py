@@ -81,6 +81,8 @@ def test_replay_with_flow_tracking_and_discovery_every_10th_frame(tmp_path, scen
     assert dog and dog[0] not in first_ids.values()
 
 
+@pytest.mark.slow  # default suite: the same with the oracle models above, real tiny MobileSAM
+# following in test_tracking_models.py, real tiny models replayed in test_replay.py
 def test_replay_with_tracking_and_the_real_tiny_models_is_byte_identical(tmp_path, tiny_config):
     from vlsam_ros.core.pipeline import build_pipeline
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import cv2
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
@@ -121,7 +122,18 @@ def test_colours_are_distinct():
     colours = np.array([detection_colour(i) for i in range(16)], dtype=float)
     dist = np.linalg.norm(colours[:, None] - colours[None], axis=2)
     assert dist[np.triu_indices(16, 1)].min() > 15
-    assert detection_colour(3) == detection_colour(3)
+
+
+def test_colours_follow_the_documented_hue_steps():
+    """Colour i is HSV(hue = i * golden-ratio conjugate mod 1, s 0.85, v 1), here converted
+    by OpenCV rather than colorsys; a changed formula or channel order fails."""
+    hues = (np.arange(16) * 0.6180339887498949) % 1.0 * 360.0  # degrees: float HSV in OpenCV
+    hsv = np.stack([hues, np.full(16, 0.85), np.ones(16)], axis=1).astype(np.float32)
+    expected = cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0] * 255.0
+    colours = np.array([detection_colour(i) for i in range(16)])
+    assert all(isinstance(c, int) for i in range(16) for c in detection_colour(i))
+    assert np.abs(colours - expected).max() <= 1.0
+    assert detection_colour(0) == (255, 38, 38)
 
 
 def test_label_text_is_ascii():

@@ -181,7 +181,8 @@ def reference_object_rows(layer_probs: Sequence[torch.Tensor], token_rows: Seque
 # Fast path: probabilities recomputed from cached queries and keys, in query blocks
 # ----------------------------------------------------------------------------------------
 
-def _block_logits(q: torch.Tensor, k: torch.Tensor, r0: int, r1: int, scaling: float) -> torch.Tensor:
+def _block_logits(q: torch.Tensor, k: torch.Tensor, r0: int, r1: int,
+                  scaling: float) -> torch.Tensor:
     """Causally masked logits of query rows [r0, r1) against keys [0, r1).
 
     q: (H, N, d); k: (KV, N, d) with H a multiple of KV (grouped-query attention: query head

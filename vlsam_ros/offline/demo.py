@@ -84,7 +84,8 @@ def run_live(frames: list[tuple[np.ndarray, int]], overrides: dict[str, Any], ou
     overlays: dict[int, Any] = {}
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     key = lambda m: m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec  # noqa: E731
-    client.create_subscription(DetectionArray, DETECTIONS, lambda m: got.__setitem__(key(m), m), qos)
+    client.create_subscription(DetectionArray, DETECTIONS,
+                               lambda m: got.__setitem__(key(m), m), qos)
     client.create_subscription(Image, OVERLAY, lambda m: overlays.__setitem__(key(m), m), qos)
     pub = client.create_publisher(Image, CAMERA, qos)
     answered = 0

@@ -93,9 +93,10 @@ def shared_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     generation cache); attention_mask: the own keys' mask as transformers builds it for the
     layer ((B, 1, q, >=k) bool or additive float), or None (causal, no padding).
     ``prefix_keys``: per group (KV, L_g, d) keys to use instead of ``prefix.keys[layer]``
-    (a ``qk_hook`` changed them). Returns the attention output (B, q, H, d) (the layout attention functions return) and,
-    with ``want_probs``, the float32 probabilities (B, H, q, W + k) in the shared layout
-    (prefix of row b's group at [W - L_g, W), own keys from W, zeros elsewhere).
+    (a ``qk_hook`` changed them). Returns the attention output (B, q, H, d) (the layout
+    attention functions return) and, with ``want_probs``, the float32 probabilities
+    (B, H, q, W + k) in the shared layout (prefix of row b's group at [W - L_g, W), own keys
+    from W, zeros elsewhere).
     """
     b, h, q, d = query.shape
     kv, k = key.shape[1], key.shape[2]

@@ -97,10 +97,11 @@ def evaluate_lvis_style(gt_source: str | Path | Mapping[str, Any],
             mapped.append(det)
     mapped = apply_federated_rule(gt, mapped)
     names = {c["id"]: c["name"] for c in gt["categories"]}
+    unmapped = sum(1 for d in dets if mapping[d["label"]][0] is None)
     result: dict[str, Any] = {"AP": {}, "frequencies": list(frequencies),
                               "num_categories": len(eval_cats),
                               "num_detections": len(dets), "num_mapped": len(mapped),
-                              "num_unmapped": sum(1 for d in dets if mapping[d["label"]][0] is None),
+                              "num_unmapped": unmapped,
                               "label_map": {lab: [names.get(cid) if cid is not None else None,
                                                   sim] for lab, (cid, sim) in mapping.items()}}
     cat_ids = [c["id"] for c in eval_cats]
