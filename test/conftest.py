@@ -13,6 +13,12 @@ import pytest
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ["ROS_LOCALHOST_ONLY"] = "1"
 os.environ.setdefault("ROS_DOMAIN_ID", str(10 + os.getpid() % 90))
+# pytest-xdist workers (make test runs two) inherit the controller's id: give each worker its
+# own domain next to it, so the workers' ROS tests never hear each other.
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    _worker = int(os.environ["PYTEST_XDIST_WORKER"][2:])
+    _base = int(os.environ["ROS_DOMAIN_ID"]) - 10
+    os.environ["ROS_DOMAIN_ID"] = str(10 + (_base + 45 * _worker) % 90)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

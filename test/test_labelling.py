@@ -28,6 +28,9 @@ from vlsam_ros.offline.replay import replay_bag as rb
 from vlsam_ros.offline.replay.output_bag import OutputBag
 from vlsam_ros.testing.stand_in_pipeline import StandInFactory, StandInPipeline
 
+# One local Ray per test process: under pytest-xdist these tests all run on one worker.
+pytestmark = pytest.mark.xdist_group("ray")
+
 QUIET = rb.ReplayOptions(progress=False)
 TWO_ACTORS = PoolSettings(actors=2, num_cpus=1, in_flight=2)
 BAGS = (("front_sqlite", 7, "sqlite3", ()), ("long_mcap", 12, "mcap", (3,)),
