@@ -8,7 +8,7 @@
 4. **offline**: converts the dataset to a rosbag2, replays every frame through the
    pipeline into an output bag, and scores it class-agnostically (report.json + plot).
 
-``--profile NAME`` (config/profiles: paper, edge, cpu) runs that profile's recipe in both
+``--profile NAME`` (a profile of config/profiles, e.g. paper) runs that profile's recipe in both
 parts, with tiny models of the profile's VLM family (and tiny MobileSAM for any SAM type).
 
 The weights are random, so labels, masks and scores are meaningless: this demo proves the

@@ -25,7 +25,12 @@ from vlsam_ros.core.config import ConfigError, from_flat
 from vlsam_ros.core.config_files import layered_parameters, parse_set_flags
 from vlsam_ros.tools.cli import EXIT_OK, ToolError, ToolParser, check_input, run_tool
 from vlsam_ros.ros.spin import exit_process
-from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text
+from vlsam_ros.tools.config_options import (
+    add_config_options,
+    config_text,
+    list_keys_text,
+    profile_help,
+)
 
 DEFAULT_NODE_NAME = "vlsam"
 
@@ -46,8 +51,7 @@ def build_parser() -> ToolParser:
                         help="ROS 2 parameter YAML (as for ros2 launch); schema defaults if "
                              "omitted")
     parser.add_argument("--profile", default=None, metavar="NAME|FILE",
-                        help="profile overlay applied after --params-file and before --set: "
-                             "a name from config/profiles (paper, edge, cpu) or a YAML path")
+                        help=profile_help("--params-file"))
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override one parameter (repeatable), e.g. "
                         "--set device=cpu --set cameras=[/cam/image_raw]")

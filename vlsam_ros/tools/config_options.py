@@ -15,6 +15,23 @@ import typing
 from typing import Any
 
 from vlsam_ros.core.config import SchemaEntry, VlsamConfig, schema
+from vlsam_ros.core.config_files import available_profiles
+
+
+def profile_help(after: str) -> str:
+    """``--profile`` help naming the profiles that exist (so the list cannot drift)."""
+    names = ", ".join(available_profiles()) or "none installed"
+    return (f"profile overlay applied after {after} and before --set: a name from "
+            f"config/profiles ({names}) or a YAML path")
+
+
+def add_config_source_options(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE``, ``--profile NAME|FILE`` and repeatable ``--set KEY=VALUE``: the
+    layered configuration of the offline tools (file, then profile, then overrides)."""
+    parser.add_argument("--config", help="ROS parameter YAML (e.g. config/vlsam.yaml)")
+    parser.add_argument("--profile", metavar="NAME|FILE", help=profile_help("--config"))
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set device=cpu (repeatable)")
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:

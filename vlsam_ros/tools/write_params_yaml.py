@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from vlsam_ros.core.config import VlsamConfig, from_flat, schema, to_flat
 from vlsam_ros.core.config_files import layered_parameters, parse_set_flags
 from vlsam_ros.tools.cli import EXIT_OK, ToolParser, run_tool, write_text_atomically
+from vlsam_ros.tools.config_options import profile_help
 
 HEADER = """\
 # vlsam_ros parameters (ROS 2 parameter-file layout), generated from the config schema
@@ -72,8 +73,7 @@ def build_parser() -> ToolParser:
     parser.add_argument("--node-name", default="vlsam",
                         help="node name the parameters are for (default: %(default)s)")
     parser.add_argument("--profile", metavar="NAME|FILE",
-                        help="apply a profile overlay (config/profiles: paper, edge, cpu, or "
-                             "a YAML path) over the defaults, before --set")
+                        help=profile_help("the schema defaults"))
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="write this value instead of the schema "
                         "default (repeatable), e.g. --set device=cpu")

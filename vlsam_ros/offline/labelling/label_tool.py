@@ -45,8 +45,7 @@ from vlsam_ros.offline.labelling.label_bags import LabelJob, check_config, label
 from vlsam_ros.offline.labelling.ray_session import RaySettings
 from vlsam_ros.offline.replay.bag_io import BagError
 from vlsam_ros.offline.replay.replay_options import (
-    BAD_FRAME_POLICIES,
-    TIMING_MODES,
+    add_replay_arguments,
     ReplayError,
     ReplayOptions,
 )
@@ -63,7 +62,12 @@ from vlsam_ros.tools.cli import (
     run_tool,
     write_text_atomically,
 )
-from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text
+from vlsam_ros.tools.config_options import (
+    add_config_options,
+    add_config_source_options,
+    config_text,
+    list_keys_text,
+)
 
 BAG_FILE_SUFFIXES = (".mcap", ".db3")
 _GLOB_CHARS = "*?["
@@ -155,24 +159,8 @@ def build_parser() -> ToolParser:
                              "search for bags, or glob patterns (quoted)")
     parser.add_argument("--out", help="output folder (created if missing; one bag per "
                                       "input, named after it)")
-    parser.add_argument("--config", help="ROS parameter YAML (e.g. config/vlsam.yaml)")
-    parser.add_argument("--profile", metavar="NAME|FILE",
-                        help="profile overlay after --config, before --set: a name from "
-                             "config/profiles (paper, edge, cpu) or a YAML path")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set device=cuda (repeatable)")
-    parser.add_argument("--topics", nargs="+", help="camera topics (default: cameras from "
-                                                    "the config)")
-    parser.add_argument("--overlay", action="store_true", help="also write overlay images")
-    parser.add_argument("--storage", choices=("mcap", "sqlite3"),
-                        help="output storage (default: each input's)")
-    parser.add_argument("--node-name", default="vlsam",
-                        help="node name in the output topics (default vlsam)")
-    parser.add_argument("--timing", choices=TIMING_MODES, default="zero",
-                        help="zero (default, reproducible output) or measured timing fields")
-    parser.add_argument("--on-bad-frame", choices=BAD_FRAME_POLICIES, default="skip",
-                        help="undecodable frames: skip (logged, recorded) or error (the bag "
-                             "fails, the others go on)")
+    add_config_source_options(parser)
+    add_replay_arguments(parser)
     parser.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else "
                                           "a local Ray in this process on 127.0.0.1)")
     parser.add_argument("--actors", type=actor_count, default=0, metavar="N|auto",

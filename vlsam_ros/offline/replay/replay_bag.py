@@ -70,9 +70,8 @@ from vlsam_ros.offline.replay.bag_io import BagError
 from vlsam_ros.offline.replay.frame_outputs import FrameLabeller, FramePipeline
 from vlsam_ros.offline.replay.output_bag import OutputBag
 from vlsam_ros.offline.replay.replay_options import (
-    BAD_FRAME_POLICIES,
+    add_replay_arguments,
     REPLAY_INFO_KEY,
-    TIMING_MODES,
     ReplayError,
     ReplayOptions,
     TopicStats,
@@ -87,7 +86,12 @@ from vlsam_ros.tools.cli import (
     run_tool,
     write_text_atomically,
 )
-from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text
+from vlsam_ros.tools.config_options import (
+    add_config_options,
+    add_config_source_options,
+    config_text,
+    list_keys_text,
+)
 
 LOG = logging.getLogger("vlsam_ros.replay")
 
@@ -217,23 +221,8 @@ def build_parser() -> ToolParser:
                              "--print-config or --list-keys")
     parser.add_argument("out_bag", nargs="?", help="output bag folder (must not exist); "
                                                    "required like in_bag")
-    parser.add_argument("--config", help="ROS parameter YAML (e.g. config/vlsam.yaml)")
-    parser.add_argument("--profile", metavar="NAME|FILE",
-                        help="profile overlay after --config, before --set: a name from "
-                             "config/profiles (paper, edge, cpu) or a YAML path")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set device=cpu (repeatable)")
-    parser.add_argument("--topics", nargs="+", help="camera topics (default: cameras from "
-                                                    "the config)")
-    parser.add_argument("--overlay", action="store_true", help="also write overlay images")
-    parser.add_argument("--storage", choices=("mcap", "sqlite3"),
-                        help="output storage (default: the input's)")
-    parser.add_argument("--node-name", default="vlsam",
-                        help="node name in the output topics (default vlsam)")
-    parser.add_argument("--timing", choices=TIMING_MODES, default="zero",
-                        help="zero (default, reproducible output) or measured timing fields")
-    parser.add_argument("--on-bad-frame", choices=BAD_FRAME_POLICIES, default="skip",
-                        help="undecodable frames: skip (logged, recorded) or error")
+    add_config_source_options(parser)
+    add_replay_arguments(parser)
     parser.add_argument("--stats", help="write throughput and counts to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_options(parser)

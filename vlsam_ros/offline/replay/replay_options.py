@@ -3,6 +3,7 @@ names of the output bag (used by ``vlsam-replay-bag`` and by the Ray labeller)."
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
@@ -53,3 +54,20 @@ def partial_path(out_bag: Path) -> Path:
     """Where an unfinished output bag lives: ``OUT_BAG.partial`` (replay renames a failed
     output to it; the labeller writes there and renames to ``OUT_BAG`` when complete)."""
     return out_bag.with_name(out_bag.name + ".partial")
+
+
+def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command-line form of ``ReplayOptions`` (all but ``progress``), shared by
+    ``vlsam-replay-bag`` and ``vlsam-label`` so both read the same options the same way."""
+    parser.add_argument("--topics", nargs="+", help="camera topics (default: cameras from "
+                                                    "the config)")
+    parser.add_argument("--overlay", action="store_true", help="also write overlay images")
+    parser.add_argument("--storage", choices=("mcap", "sqlite3"),
+                        help="output storage (default: the input bag's)")
+    parser.add_argument("--node-name", default="vlsam",
+                        help="node name in the output topics (default vlsam)")
+    parser.add_argument("--timing", choices=TIMING_MODES, default="zero",
+                        help="zero (default, reproducible output) or measured timing fields")
+    parser.add_argument("--on-bad-frame", choices=BAD_FRAME_POLICIES, default="skip",
+                        help="undecodable frames: skip (logged, recorded) or error (the bag "
+                             "fails)")

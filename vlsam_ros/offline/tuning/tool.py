@@ -41,7 +41,12 @@ from vlsam_ros.offline.tuning.search import CheckpointError, tune
 from vlsam_ros.offline.tuning.search_space import default_space, load_space
 from vlsam_ros.tools.cli import (EXIT_OK, ToolError, ToolParser, check_input, check_new_output,
                                  positive_int, run_tool, write_text_atomically)
-from vlsam_ros.tools.config_options import add_config_options, config_text, list_keys_text
+from vlsam_ros.tools.config_options import (
+    add_config_options,
+    config_text,
+    list_keys_text,
+    profile_help,
+)
 
 PROG = "vlsam-tune"
 LOG = logging.getLogger(__name__)
@@ -61,8 +66,7 @@ def build_parser() -> ToolParser:
                    "layout), e.g. models/clip-vit-base-patch32")
     p.add_argument("--params-file", type=Path, help="ROS 2 parameter YAML the search starts "
                    "from (e.g. config/vlsam.yaml); schema defaults if omitted")
-    p.add_argument("--profile", metavar="NAME|FILE", help="profile overlay after "
-                   "--params-file, before --set: a name from config/profiles or a YAML path")
+    p.add_argument("--profile", metavar="NAME|FILE", help=profile_help("--params-file"))
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override one parameter (repeatable)")
     p.add_argument("--space", type=Path, help="search space YAML (default: the built-in "
