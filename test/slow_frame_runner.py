@@ -5,8 +5,8 @@
 STAGE is ``vlm`` (every decoder step of generation sleeps), ``encoder`` (every block of
 the SAM image encoder sleeps) or ``decoder`` (every SAM decoder call sleeps). The real
 models load through the production loaders; only the sleeps are added, so a frame takes as
-long as a big model on a slow machine would. Prints ``SLOW STAGE ENTERED <stage>`` (flushed)
-when a frame first reaches the slowed stage, then behaves exactly like the runner: SIGINT or
+long as a big model on a slow machine would. Prints ``SLOW STEP <n> <stage>`` (flushed) each
+time a slowed step starts (n = 1, 2, ...), then behaves exactly like the runner: SIGINT or
 SIGTERM stops it.
 """
 
@@ -25,9 +25,8 @@ def main() -> int:
     entered: list[int] = []
 
     def slow_down(*_args, **_kwargs) -> None:
-        if not entered:
-            entered.append(1)
-            print(f"SLOW STAGE ENTERED {stage}", flush=True)
+        entered.append(1)
+        print(f"SLOW STEP {len(entered)} {stage}", flush=True)
         time.sleep(delay)
 
     def slow_factory(cfg):
