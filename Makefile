@@ -20,8 +20,9 @@ DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
 # Test processes for `make test` (pytest-xdist). The default suite is CPU-bound; two workers
 # use both cores of the 2-core CI machine. Ray's tests share one worker (xdist_group "ray").
-# TEST_WORKERS=0 runs in one process. `make test-slow` stays in one process (its soak
-# measures memory and rates of a single node).
+# TEST_WORKERS=0 runs in one process. Tests marked `alone` (deadline-bound behaviour
+# checks) run afterwards in one process with nothing beside them. `make test-slow` stays
+# in one process (its soak measures memory and rates of a single node).
 TEST_WORKERS ?= 2
 
 .PHONY: setup build test test-slow demo bench clean
@@ -45,7 +46,9 @@ $(BUILD_STAMP): $(DEPS_STAMP) package.xml CMakeLists.txt resource/console_script
 
 # VLSAM_NO_SKIP=1: a skipped test fails (test/conftest.py); test/test_lint.py runs ruff.
 test: build
-	$(ROS_ENV) && VLSAM_NO_SKIP=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(ROS_ENV) && VLSAM_NO_SKIP=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup \
+		-m "not slow and not alone" $(PYTEST_ARGS)
+	$(ROS_ENV) && VLSAM_NO_SKIP=1 $(PY) -m pytest -m "alone and not slow" $(PYTEST_ARGS)
 
 # The heavy checks, among them the 10-minute load soak (test/test_ros_load.py).
 test-slow: build

@@ -138,6 +138,7 @@ def _read_lines(proc: subprocess.Popen, lines: list[str]) -> None:
         lines.append(line)
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize("stage", sorted(SLOW_STAGES))
 def test_sigint_during_a_long_frame_ends_the_process_promptly(stage, tiny_model_dir):
     import threading

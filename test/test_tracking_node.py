@@ -62,6 +62,7 @@ def publish_scene(session, scene, done: threading.Event) -> list[int]:
     return stamps
 
 
+@pytest.mark.alone
 def test_node_follows_at_camera_rate_with_persistent_ids_and_flagged_discoveries():
     scene = default_moving_scene()
     cfg = from_flat({"device": "cpu", "cameras": [CAMERA], "tracking.mode": "flow"})
