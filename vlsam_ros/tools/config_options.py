@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import typing
+from pathlib import Path
 from typing import Any
 
 from vlsam_ros.core.config import SchemaEntry, VlsamConfig, schema
-from vlsam_ros.core.config_files import available_profiles
+from vlsam_ros.core.config_files import available_profiles, load_config, parse_set_flags
+from vlsam_ros.tools.cli import check_input
 
 
 def profile_help(after: str) -> str:
@@ -32,6 +34,15 @@ def add_config_source_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", metavar="NAME|FILE", help=profile_help("--config"))
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config value, e.g. --set device=cpu (repeatable)")
+
+
+def config_from_source_options(args: argparse.Namespace) -> VlsamConfig:
+    """The configuration ``add_config_source_options`` describes: ``--config`` (checked to be
+    a readable file), then ``--profile``, then ``--set``. Errors are ``ToolError`` /
+    ``ValueError`` with a one-line reason, as the tools report them."""
+    if args.config is not None:
+        check_input(Path(args.config), "--config", folder=False)
+    return load_config(args.config, parse_set_flags(args.set), profile=args.profile)
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:

@@ -38,7 +38,6 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from vlsam_ros.core.config_files import load_config, parse_set_flags
 from vlsam_ros.offline.labelling.actor_pool import PoolError, PoolSettings
 from vlsam_ros.offline.labelling.dataset_source import is_dataset
 from vlsam_ros.offline.labelling.label_bags import LabelJob, check_config, label_bags
@@ -46,8 +45,8 @@ from vlsam_ros.offline.labelling.ray_session import RaySettings
 from vlsam_ros.offline.replay.bag_io import BagError
 from vlsam_ros.offline.replay.replay_options import (
     add_replay_arguments,
+    replay_options_from_args,
     ReplayError,
-    ReplayOptions,
 )
 from vlsam_ros.tools.cli import (
     EXIT_OK,
@@ -65,6 +64,7 @@ from vlsam_ros.tools.cli import (
 from vlsam_ros.tools.config_options import (
     add_config_options,
     add_config_source_options,
+    config_from_source_options,
     config_text,
     list_keys_text,
 )
@@ -206,9 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("the following arguments are required: BAG|FOLDER|GLOB, --out")
 
     def body() -> int:
-        if args.config is not None:
-            check_input(Path(args.config), "--config", folder=False)
-        cfg = load_config(args.config, parse_set_flags(args.set), profile=args.profile)
+        cfg = config_from_source_options(args)
         if args.print_config:
             print(config_text(cfg, args.node_name, "vlsam-label"), end="")
             return EXIT_OK
@@ -220,9 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = label_jobs(find_bags(args.inputs), out_dir)
         if args.summary:
             check_output_parent(Path(args.summary), "--summary file")
-        options = ReplayOptions(tuple(args.topics) if args.topics else None, args.node_name,
-                                args.overlay, args.storage, args.timing, args.on_bad_frame,
-                                not args.no_progress)
+        options = replay_options_from_args(args)
         pool = PoolSettings(args.actors, args.cpus_per_actor, args.gpus_per_actor,
                             args.in_flight, args.batch, args.frame_retries,
                             max(0, args.actor_restarts))

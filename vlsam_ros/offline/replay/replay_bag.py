@@ -65,12 +65,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from vlsam_ros.core.config import VlsamConfig
-from vlsam_ros.core.config_files import load_config, parse_set_flags
 from vlsam_ros.offline.replay.bag_io import BagError
 from vlsam_ros.offline.replay.frame_outputs import FrameLabeller, FramePipeline
 from vlsam_ros.offline.replay.output_bag import OutputBag
 from vlsam_ros.offline.replay.replay_options import (
     add_replay_arguments,
+    replay_options_from_args,
     REPLAY_INFO_KEY,
     ReplayError,
     ReplayOptions,
@@ -80,7 +80,6 @@ from vlsam_ros.offline.replay.replay_options import (
 from vlsam_ros.offline.replay.source_frames import SourceBag
 from vlsam_ros.tools.cli import (
     ToolParser,
-    check_input,
     check_new_output,
     check_output_parent,
     run_tool,
@@ -89,6 +88,7 @@ from vlsam_ros.tools.cli import (
 from vlsam_ros.tools.config_options import (
     add_config_options,
     add_config_source_options,
+    config_from_source_options,
     config_text,
     list_keys_text,
 )
@@ -241,15 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     def body() -> int:
-        if args.config is not None:
-            check_input(Path(args.config), "--config", folder=False)
-        cfg = load_config(args.config, parse_set_flags(args.set), profile=args.profile)
+        cfg = config_from_source_options(args)
         if args.print_config:
             print(config_text(cfg, args.node_name, "vlsam-replay-bag"), end="")
             return EXIT_OK
-        options = ReplayOptions(tuple(args.topics) if args.topics else None, args.node_name,
-                                args.overlay, args.storage, args.timing, args.on_bad_frame,
-                                not args.no_progress)
+        options = replay_options_from_args(args)
         check_replay_inputs(args.in_bag, args.out_bag, cfg, options)
         if args.stats:
             check_output_parent(Path(args.stats), "--stats file")

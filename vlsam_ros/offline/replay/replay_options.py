@@ -56,6 +56,14 @@ def partial_path(out_bag: Path) -> Path:
     return out_bag.with_name(out_bag.name + ".partial")
 
 
+def replay_options_from_args(args: argparse.Namespace) -> ReplayOptions:
+    """``ReplayOptions`` from the options ``add_replay_arguments`` declared (plus
+    ``--no-progress``)."""
+    return ReplayOptions(tuple(args.topics) if args.topics else None, args.node_name,
+                         args.overlay, args.storage, args.timing, args.on_bad_frame,
+                         not args.no_progress)
+
+
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     """The command-line form of ``ReplayOptions`` (all but ``progress``), shared by
     ``vlsam-replay-bag`` and ``vlsam-label`` so both read the same options the same way."""
