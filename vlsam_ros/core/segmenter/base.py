@@ -20,6 +20,17 @@ PADDING_LABEL = -1
 """Point label that marks padding: the decoder ignores the point (SAM's not-a-point)."""
 
 
+def point_prompts(points: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``points`` as float32 (K, P, 2) pixel (x, y) and ``labels`` (K, P), checked; the one
+    prompt check of every segmenter backend. Raises ValueError naming both shapes."""
+    points = np.asarray(points, dtype=np.float32)
+    labels = np.asarray(labels)
+    if points.ndim != 3 or points.shape[2] != 2 or labels.shape != points.shape[:2]:
+        raise ValueError(f"points must be (K, P, 2) and labels (K, P); got {points.shape} "
+                         f"and {labels.shape}")
+    return points, labels
+
+
 @dataclasses.dataclass(frozen=True)
 class SegmentationBatch:
     """Output of one batched decoder call for K prompts.

@@ -39,7 +39,7 @@ import torch
 from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import SamConfig
 from vlsam_ros.core.errors import ModelLoadError, ModelNotFoundError
-from vlsam_ros.core.segmenter.base import SegmentationBatch
+from vlsam_ros.core.segmenter.base import SegmentationBatch, point_prompts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -199,11 +199,7 @@ class HfSamSegmenter:
                 *, sam_cfg: SamConfig) -> SegmentationBatch:
         """One batched model call for K prompts (see PromptableSegmenter.segment); uses
         multimask, mask_threshold and hq_token_only (SAM-HQ) of ``sam_cfg``."""
-        points = np.asarray(points, dtype=np.float32)
-        labels = np.asarray(labels)
-        if points.ndim != 3 or points.shape[2] != 2 or labels.shape != points.shape[:2]:
-            raise ValueError(f"points must be (K, P, 2) and labels (K, P); got {points.shape} "
-                             f"and {labels.shape}")
+        points, labels = point_prompts(points, labels)
         k = points.shape[0]
         side = self.input_side // 4
         if mask_logits is not None and (mask_logits.ndim != 4 or mask_logits.shape[:2] != (k, 1)

@@ -22,7 +22,7 @@ from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import SamConfig, VlsamConfig
 from vlsam_ros.core.device import resolve_device
 from vlsam_ros.core.errors import ModelLoadError, ModelNotFoundError
-from vlsam_ros.core.segmenter.base import LOW_RES_MASK_SIZE, SegmentationBatch
+from vlsam_ros.core.segmenter.base import LOW_RES_MASK_SIZE, SegmentationBatch, point_prompts
 from vlsam_ros.core.segmenter.factored_decoder import (
     ImageSideCache, build_image_side_cache, decode_best_masks)
 
@@ -227,11 +227,7 @@ class SamSegmenter:
         predicted IoU is kept; otherwise SAM's single-mask output is used. ``sam.decoder``
         picks the factored evaluation (default) or the package's stock decoder.
         """
-        points = np.asarray(points, dtype=np.float32)
-        labels = np.asarray(labels)
-        if points.ndim != 3 or points.shape[2] != 2 or labels.shape != points.shape[:2]:
-            raise ValueError(f"points must be (K, P, 2) and labels (K, P); got {points.shape} "
-                             f"and {labels.shape}")
+        points, labels = point_prompts(points, labels)
         k = points.shape[0]
         if mask_logits is not None and mask_logits.shape != (k, 1, LOW_RES_MASK_SIZE,
                                                              LOW_RES_MASK_SIZE):
