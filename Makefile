@@ -24,6 +24,8 @@ PYTEST_ARGS ?=
 # checks) run afterwards in one process with nothing beside them. `make test-slow` stays
 # in one process (its soak measures memory and rates of a single node).
 TEST_WORKERS ?= 2
+# The files that hold `alone` tests: the second pytest run collects only these.
+ALONE_TEST_FILES = $(shell grep -l 'mark\.alone' test/test_*.py)
 
 .PHONY: setup build test test-slow demo bench clean
 
@@ -48,7 +50,8 @@ $(BUILD_STAMP): $(DEPS_STAMP) package.xml CMakeLists.txt resource/console_script
 test: build
 	$(ROS_ENV) && VLSAM_NO_SKIP=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup \
 		-m "not slow and not alone" $(PYTEST_ARGS)
-	$(ROS_ENV) && VLSAM_NO_SKIP=1 $(PY) -m pytest -m "alone and not slow" $(PYTEST_ARGS)
+	$(ROS_ENV) && VLSAM_NO_SKIP=1 $(PY) -m pytest -m "alone and not slow" $(PYTEST_ARGS) \
+		$(ALONE_TEST_FILES)
 
 # The heavy checks, among them the 10-minute load soak (test/test_ros_load.py).
 test-slow: build

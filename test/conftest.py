@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,13 @@ if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
     _worker = int(os.environ["PYTEST_XDIST_WORKER"][2:])
     _base = int(os.environ["ROS_DOMAIN_ID"]) - 10
     os.environ["ROS_DOMAIN_ID"] = str(10 + (_base + 45 * _worker) % 90)
+    # As many workers as cores (make test): one OpenMP thread each, for this process and
+    # the nodes and tools it starts. Two workers with two threads each oversubscribe the
+    # cores, and waiting OpenMP threads spin: the parallel part took 218 s that way, 186 s
+    # with one thread each (same machine, same tests).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:  # imported before this file (by a plugin): set it directly
+        sys.modules["torch"].set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +59,17 @@ def pytest_make_collect_report(collector):
     report = (yield).get_result()
     if _skip_becomes_failure(report):  # a module-level importorskip
         _fail_skip(report)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything
+def pytest_collection_modifyitems(config, items):
+    """make test's second run collects only the files that spell ``mark.alone`` (Makefile:
+    ALONE_TEST_FILES); an ``alone`` test marked any other way would run in neither part."""
+    for item in items:
+        if item.get_closest_marker("alone") and "mark.alone" not in item.path.read_text():
+            raise pytest.UsageError(f"{item.nodeid}: mark `alone` tests with "
+                                    "@pytest.mark.alone or pytestmark = pytest.mark.alone "
+                                    "in their file (make test finds them by that text)")
 
 
 @pytest.fixture(autouse=True)

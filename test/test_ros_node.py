@@ -34,7 +34,6 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 
 from ros_harness import (Collector, SlotEventLog, published_frames, ros_session,  # noqa: E402
                          start_publisher, stamp_ns)
-from vlsam_ros.core.pipeline import build_pipeline  # noqa: E402
 from vlsam_ros.msg import DetectionArray  # noqa: E402
 from vlsam_ros.ros.images import image_msg  # noqa: E402
 from vlsam_ros.ros.node import VlsamNode  # noqa: E402
@@ -316,13 +315,15 @@ def _processed(node: VlsamNode, topic: str) -> int:
 # ---------------------------------------------------------------------------------------
 
 class TrackingFactory:
-    """build_pipeline that keeps weak references to every pipeline it built."""
+    """Builds the tiny VLM + oracle segmenter pipeline (:func:`oracle_sam_pipeline`) and keeps
+    weak references to every pipeline it built. The lifecycle is what is under test, not
+    MobileSAM, whose 1024 x 1024 encode would cost over a second per frame here."""
 
     def __init__(self) -> None:
         self.built: list[weakref.ref] = []
 
     def __call__(self, cfg):
-        pipeline = build_pipeline(cfg)
+        pipeline = oracle_sam_pipeline(cfg)
         self.built.append(weakref.ref(pipeline))
         return pipeline
 

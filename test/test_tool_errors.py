@@ -193,6 +193,7 @@ def _expand(args: list[str], inputs: Path, out: Path, tiny: Path) -> list[str]:
 
 
 CASE_IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+GROUP = "tool_error_cases"  # the cases' xdist group
 CASE_PROCESSES = max(2, os.cpu_count() or 1)  # cases run at once (separate processes)
 
 
@@ -200,11 +201,18 @@ CASE_PROCESSES = max(2, os.cpu_count() or 1)  # cases run at once (separate proc
 def case_runs(request, inputs, tiny_model_dir, tmp_path_factory):
     """Runs the tool process of every selected case (all unless -k narrowed them),
     CASE_PROCESSES at a time: the cases are independent processes, each with its own
-    working and output folder, so they need not wait for one another. Returns
+    working and output folder, so they need not wait for one another. Under pytest-xdist
+    every worker collects every case, so the cases form one xdist group: with ``--dist
+    loadgroup`` (make test) one worker runs them all, and the processes start once. Returns
     {case id: (CompletedProcess, working folder, output folder)} and the inputs' tree as it
     was before any case ran."""
-    wanted = [item.callspec.id for item in request.session.items
-              if item.originalname == "test_bad_input_gives_code_one_line_and_no_output"]
+    items = [item for item in request.session.items
+             if item.originalname == "test_bad_input_gives_code_one_line_and_no_output"]
+    if getattr(request.config.option, "loadgroup", False):  # an xdist worker, loadgroup
+        ungrouped = [item.nodeid for item in items if not item.nodeid.endswith("@" + GROUP)]
+        assert not ungrouped, ("pytest-xdist did not group the cases (each worker would run "
+                               f"all of them; see requirements.txt on pytest): {ungrouped[:3]}")
+    wanted = [item.callspec.id for item in items]
     before_inputs = tree(inputs)
     jobs = []
     for case_id in wanted:
@@ -220,6 +228,7 @@ def case_runs(request, inputs, tiny_model_dir, tmp_path_factory):
     return runs, before_inputs
 
 
+@pytest.mark.xdist_group(GROUP)  # one worker runs them: case_runs runs each case once
 @pytest.mark.parametrize("tool, args, code, message", CASES, ids=CASE_IDS)
 def test_bad_input_gives_code_one_line_and_no_output(tool, args, code, message, inputs,
                                                      case_runs, request):
