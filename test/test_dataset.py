@@ -175,6 +175,29 @@ def test_dataset_to_bag_round_trip(demo_root, tmp_path, storage, compressed):
     assert [e["image_id"] for e in index] == [f.image_id for f in ds.frames]
 
 
+def test_conversion_holds_one_decoded_frame_at_a_time(demo_root, tmp_path, monkeypatch):
+    """A CODA-size dataset (thousands of 1920 x 1280 frames) must not be held in memory:
+    whenever a frame is decoded, at most one earlier decoded frame is still alive."""
+    import weakref
+
+    import vlsam_ros.offline.datasets.dataset_to_bag as module
+
+    decoded: list[weakref.ref] = []
+    alive_at_decode: list[int] = []
+    real_read = module.read_frame_rgb
+
+    def counting_read(frame):
+        alive_at_decode.append(sum(ref() is not None for ref in decoded))
+        rgb = real_read(frame)
+        decoded.append(weakref.ref(rgb))
+        return rgb
+
+    monkeypatch.setattr(module, "read_frame_rgb", counting_read)
+    dataset_to_bag(cd.load_coda_dataset(demo_root), tmp_path / "bag")
+    assert len(alive_at_decode) == 2 * NUM_FRAMES  # checked, then read again to write
+    assert max(alive_at_decode) <= 1, alive_at_decode
+
+
 def test_cli_reports_missing_image_and_leaves_no_bag(demo_root, tmp_path, capsys):
     root = copy_dataset(demo_root, tmp_path / "coda")
     gt = json.loads((root / "corner_case.json").read_text())

@@ -49,32 +49,37 @@ def _header(store, stamp_ns: int, frame_id: str):
                   frame_id=frame_id)
 
 
+def _checked_format(frame, compressed: bool) -> str | None:
+    """Decodes ``frame``'s file to check it (decodable, the size its entry states) and,
+    when ``compressed``, returns its format (``jpeg``/``png``) from the file's magic bytes;
+    None otherwise. Raises DatasetError naming the file and the entry."""
+    read_frame_rgb(frame)
+    if not compressed:
+        return None
+    with frame.path.open("rb") as file:
+        head = file.read(max(len(magic) for magic, _ in _MAGIC_FORMATS))
+    fmt = next((f for magic, f in _MAGIC_FORMATS if head.startswith(magic)), None)
+    if fmt is None:
+        raise DatasetError(f"{frame.path}: --compressed needs JPEG or PNG files "
+                           f"(images[{frame.index}], id {frame.image_id})")
+    return fmt
+
+
 def dataset_to_bag(dataset: CodaDataset, out_bag: str | Path, storage: str = "mcap",
                    topic: str | None = None, frame_id: str = DEFAULT_FRAME_ID,
                    compressed: bool = False) -> Path:
     """Writes every frame of ``dataset`` (in stamp order) to a new bag at ``out_bag``.
 
     ``topic`` defaults to ``/cam_front/image_raw`` (``.../compressed`` when ``compressed``).
-    Image files are checked before the bag is created; on any error the partial bag is
-    removed and DatasetError/BagError propagates.
+    Image files are checked before the bag is created, then read again one at a time while
+    writing (memory holds one frame, whatever the dataset's size); on any error the partial
+    bag is removed and DatasetError/BagError propagates.
     """
     out_bag = Path(out_bag)
     if topic is None:
         topic = DEFAULT_TOPIC + ("/compressed" if compressed else "")
-    payloads: list[bytes | np.ndarray] = []
-    formats: list[str] = []
-    for frame in dataset.frames:  # decode/verify all first: never leave a half-written bag
-        rgb = read_frame_rgb(frame)  # checks decodability and size
-        if compressed:
-            raw = frame.path.read_bytes()
-            fmt = next((f for magic, f in _MAGIC_FORMATS if raw.startswith(magic)), None)
-            if fmt is None:
-                raise DatasetError(f"{frame.path}: --compressed needs JPEG or PNG files "
-                                   f"(images[{frame.index}], id {frame.image_id})")
-            payloads.append(raw)
-            formats.append(fmt)
-        else:
-            payloads.append(rgb)
+    # Check every file before the bag exists, keeping only the formats.
+    formats = [_checked_format(frame, compressed) for frame in dataset.frames]
     store = vlsam_typestore()
     msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
     writer = open_writer(out_bag, storage,
@@ -85,9 +90,10 @@ def dataset_to_bag(dataset: CodaDataset, out_bag: str | Path, storage: str = "mc
             header = _header(store, frame.stamp_ns, frame_id)
             if compressed:
                 msg = store.types[msgtype](header=header, format=formats[i],
-                                           data=np.frombuffer(payloads[i], dtype=np.uint8))
+                                           data=np.frombuffer(frame.path.read_bytes(),
+                                                              dtype=np.uint8))
             else:
-                msg = image_msg(payloads[i], header, msg_type=store.types[msgtype])
+                msg = image_msg(read_frame_rgb(frame), header, msg_type=store.types[msgtype])
             writer.write(conn, frame.stamp_ns, store.serialize_cdr(msg, msgtype))
         writer.close()
     except BaseException:
