@@ -1,6 +1,7 @@
 """A cancelled frame stops at its next safe point (core/cancellation.py), with the tiny real
-models: between generated tokens, inside the SAM image encoder (also in its worker thread),
-and between SAM decoder calls. An uncancelled token changes nothing."""
+models: between generated tokens, between the VLM's layers in a prefill or the image
+encoding, inside the SAM image encoder (also in its worker thread), and between SAM decoder
+calls. An uncancelled token changes nothing."""
 
 from __future__ import annotations
 
@@ -75,6 +76,65 @@ def test_cancel_during_generation_stops_at_the_next_token(pipeline, street_image
     # tokens allowed.
     assert len(steps) == 3
     assert re.fullmatch(r"during VLM generation after [1-3] new token\(s\)", info.value.where)
+
+
+def _cancel_run(pipeline, image, module, stop_on_call: int, watched):
+    """Runs a frame whose stop is requested in ``module``'s ``stop_on_call``-th forward
+    pre-hook; counts the forwards of each module in ``watched`` that completed after it.
+    Returns (FrameCancelled, {watched index: forwards completed after the stop})."""
+    token = CancellationToken()
+    calls, after = [], {i: 0 for i in range(len(watched))}
+
+    def stop(mod, args):
+        calls.append(1)
+        if len(calls) == stop_on_call:
+            token.cancel("test stop")
+
+    def count(i):
+        def hook(mod, args, output):
+            after[i] += token.cancelled
+        return hook
+
+    handles = [module.register_forward_pre_hook(stop)]
+    handles += [m.register_forward_hook(count(i)) for i, m in enumerate(watched)]
+    try:
+        with pytest.raises(FrameCancelled) as info:
+            pipeline.run(image, cancel=token)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(calls) == stop_on_call
+    return info.value, after
+
+
+def test_cancel_during_the_shared_prefix_prefill_stops_before_the_next_decoder_layer(
+        pipeline, street_image):
+    """The image prefix's prefill (vlm.share_image_prefix, on by default) is one forward
+    pass over every image token: it stops before its first decoder layer."""
+    from vlsam_ros.core.vlm.forward_safe_points import layer_stacks
+
+    assert pipeline.cfg.vlm.share_image_prefix
+    decoder = pipeline.vlm.language_model()
+    layers = layer_stacks(decoder)
+    exc, after = _cancel_run(pipeline, street_image, decoder, 1, layers)
+    assert exc.where == f"during the VLM's prompt prefill (before decoder layer 1 of " \
+                        f"{len(layers)})"
+    assert sum(after.values()) == 0, after
+
+
+def test_cancel_during_the_vlm_image_encoding_stops_before_the_next_layer(pipeline,
+                                                                        street_image):
+    from vlsam_ros.core.vlm.forward_safe_points import layer_stacks
+
+    decoder = pipeline.vlm.language_model()
+    vision_layers = [layer for layer in layer_stacks(pipeline.vlm.model)
+                     if layer not in set(layer_stacks(decoder))]
+    assert len(vision_layers) > 1
+    exc, after = _cancel_run(pipeline, street_image, vision_layers[0], 1,
+                             vision_layers + [decoder])
+    assert exc.where == "during the VLM's image encoding"
+    # The first layer, already past its safe point, completed; nothing after it ran.
+    assert after == {0: 1, **{i: 0 for i in range(1, len(vision_layers) + 1)}}, after
 
 
 @pytest.fixture(scope="module")

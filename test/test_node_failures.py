@@ -120,10 +120,11 @@ benchmark: each slowed frame would otherwise run for a minute or more."""
 
 SLOW_STAGES = {  # stage: (sleep per step, extra --set flags, where the log says it stopped,
     #                  the slowed step during which SIGINT is sent)
-    # vlm: with vlm.share_image_prefix (default) step 1 is the image prefix's prefill, which
-    # has no safe point of its own; step 2 is generation's first step, after which a safe
-    # point comes every token: the behaviour under test.
-    "vlm": (0.3, ["vlm.max_new_tokens=512"], "during VLM generation after", 2),
+    # vlm: with vlm.share_image_prefix (default) step 1 is the image prefix's prefill and
+    # step 2 the questions' prefill (both stop between decoder layers: test_cancellation.py);
+    # step 3 is the first one-token step of generation, after which a safe point comes
+    # every token: the behaviour under test.
+    "vlm": (0.3, ["vlm.max_new_tokens=512"], "during VLM generation after", 3),
     "encoder": (0.3, [], "in the SAM image encoder", 1),
     "decoder": (0.3, [], "between SAM decoder calls", 1),
 }

@@ -7,6 +7,9 @@ taking an extra argument. The safe points call :func:`check` (or ask :func:`curr
 
 * during VLM generation, between generated tokens (a transformers stopping criterion,
   ``vlm/stopping.py``), and after ``generate`` returns;
+* before each layer of the VLM's vision encoder, and before each decoder layer while it
+  processes a prompt (a prefill: the shared image prefix, or the prompt) rather than one
+  generated token (``vlm/forward_safe_points.py``);
 * between the blocks of the SAM image encoder (also in the encoder's worker thread, which
   runs in a copy of the frame's context);
 * before and between SAM decoder calls (``refinement.segment_objects``) and between views.

@@ -43,6 +43,7 @@ from vlsam_ros.core.results import ObjectName, VlmAnswer
 from vlsam_ros.core.vlm import layouts, prefix_sharing, stopping, teacher_forcing
 from vlsam_ros.core.vlm.capture import (AttentionRecorder, QKHook, RowCapture,
                                         attention_modules, capturing)
+from vlsam_ros.core.vlm.forward_safe_points import add_forward_safe_points
 from vlsam_ros.core.vlm.image_fit import ImageFit, fit_processor
 from vlsam_ros.core.vlm.object_names import parse_object_names, token_char_spans
 from vlsam_ros.core.vlm.token_rows import query_rows
@@ -89,6 +90,7 @@ class HuggingFaceVlm:
         self.last_capture_peak_bytes = 0
         self._fitted: dict[ImageFit, Any] = {}     # fitted processors per image-fit setting
         self._idefics3_marker_ids: tuple[dict[int, tuple[int, int]], int] | None = None
+        add_forward_safe_points(self.model, self.language_model())  # cancellation
 
     # --- family hooks ----------------------------------------------------------------
 
