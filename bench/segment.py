@@ -18,9 +18,16 @@
    decoder), SAM 2.1 hiera-tiny, EdgeTAM and SAM-HQ vit_b (transformers); interleaved,
    minimum over ``--repeats // 2`` rounds.
 
+Denormal floats are flushed to zero (``torch.set_flush_denormal``) unless
+``--keep-denormals``: with random weights at transformers' initialisation, SAM-HQ's
+encoder activations on an image decay to ~1e-8, their products fall below float32's normal
+range, and the CPU's slow path for such numbers made its encoder 9x slower than on the same
+architecture fed noise. That is an artifact of the random weights, not the architecture's
+cost, which is what this benchmark times.
+
 Usage: ``PYTHONPATH=. python bench/segment.py [--objects 16] [--repeats 5] [--device cpu]
 [--threads N] [--questions 10] [--skip-recipe] [--backends vit_t vit_b sam2 edgetam sam_hq]
-[--only-backends]``.
+[--only-backends] [--keep-denormals]``.
 The last printed line is one JSON object.
 """
 
@@ -234,7 +241,10 @@ def main() -> None:
                         help="segmenter backends to time side by side (empty: none)")
     parser.add_argument("--only-backends", action="store_true",
                         help="only the per-backend encoder/decoder measurement")
+    parser.add_argument("--keep-denormals", action="store_true",
+                        help="do not flush denormal floats to zero (see the docstring)")
     args = parser.parse_args()
+    torch.set_flush_denormal(not args.keep_denormals)  # before torch starts its threads
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
@@ -247,7 +257,8 @@ def main() -> None:
     if args.only_backends:
         print(json.dumps({"backends": backends, "objects": args.objects,
                           "image": [args.height, args.width], "device": args.device,
-                          "torch_threads": torch.get_num_threads()}))
+                          "torch_threads": torch.get_num_threads(),
+                          "flush_denormal": not args.keep_denormals}))
         return
     with tempfile.TemporaryDirectory(prefix="vlsam_bench_") as tmp:
         model_dir = make_tiny_models(Path(tmp), families=("llava",), sam_types=("vit_t",))
@@ -263,7 +274,7 @@ def main() -> None:
                "decoder": decoder, "full_recipe": recipe, "backends": backends,
                "image": [args.height, args.width], "device": args.device,
                "torch_threads": torch.get_num_threads(), "cpu": platform.processor() or
-               platform.machine()}
+               platform.machine(), "flush_denormal": not args.keep_denormals}
     print(json.dumps(summary))
 
 
