@@ -130,6 +130,9 @@ def test_bad_prompt_shapes_raise(segmenter, embedding):
     with pytest.raises(ValueError, match="points must be"):
         segmenter.segment(embedding, np.zeros((2, 2), np.float32), np.ones((2,), int),
                           sam_cfg=SamConfig())
+    with pytest.raises(ValueError, match=r"boxes must be \(2, 4\); got \(1, 4\)"):
+        segmenter.segment(embedding, np.zeros((2, 1, 2), np.float32), np.ones((2, 1), int),
+                          boxes=np.zeros((1, 4), np.float32), sam_cfg=SamConfig())
 
 
 @pytest.mark.slow

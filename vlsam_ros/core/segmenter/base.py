@@ -31,6 +31,17 @@ def point_prompts(points: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     return points, labels
 
 
+def box_prompts(boxes: Any, k: int) -> np.ndarray | None:
+    """None, or ``boxes`` as float32 (K, 4) pixel (x0, y0, x1, y1), one per point prompt;
+    raises ValueError naming the shape otherwise."""
+    if boxes is None:
+        return None
+    boxes = np.asarray(boxes, dtype=np.float32)
+    if boxes.shape != (k, 4):
+        raise ValueError(f"boxes must be ({k}, 4); got {boxes.shape}")
+    return boxes
+
+
 @dataclasses.dataclass(frozen=True)
 class SegmentationBatch:
     """Output of one batched decoder call for K prompts.

@@ -39,7 +39,7 @@ import torch
 from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import SamConfig
 from vlsam_ros.core.errors import ModelLoadError, ModelNotFoundError
-from vlsam_ros.core.segmenter.base import SegmentationBatch, point_prompts
+from vlsam_ros.core.segmenter.base import SegmentationBatch, box_prompts, point_prompts
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -205,10 +205,7 @@ class HfSamSegmenter:
         if mask_logits is not None and (mask_logits.ndim != 4 or mask_logits.shape[:2] != (k, 1)
                                         or mask_logits.shape[2] != mask_logits.shape[3]):
             raise ValueError(f"mask_logits must be ({k}, 1, S, S); got {mask_logits.shape}")
-        if boxes is not None:
-            boxes = np.asarray(boxes, dtype=np.float32)
-            if boxes.shape != (k, 4):
-                raise ValueError(f"boxes must be ({k}, 4); got {boxes.shape}")
+        boxes = box_prompts(boxes, k)
         height, width = embedding.original_size
         if k == 0:
             return SegmentationBatch(np.zeros((0, height, width), bool),

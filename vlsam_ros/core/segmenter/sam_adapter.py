@@ -22,7 +22,8 @@ from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import SamConfig, VlsamConfig
 from vlsam_ros.core.device import resolve_device
 from vlsam_ros.core.errors import ModelLoadError, ModelNotFoundError
-from vlsam_ros.core.segmenter.base import LOW_RES_MASK_SIZE, SegmentationBatch, point_prompts
+from vlsam_ros.core.segmenter.base import (LOW_RES_MASK_SIZE, SegmentationBatch, box_prompts,
+                                          point_prompts)
 from vlsam_ros.core.segmenter.factored_decoder import (
     ImageSideCache, build_image_side_cache, decode_best_masks)
 
@@ -233,10 +234,7 @@ class SamSegmenter:
                                                              LOW_RES_MASK_SIZE):
             raise ValueError(f"mask_logits must be ({k}, 1, {LOW_RES_MASK_SIZE}, "
                              f"{LOW_RES_MASK_SIZE}); got {mask_logits.shape}")
-        if boxes is not None:
-            boxes = np.asarray(boxes, dtype=np.float32)
-            if boxes.shape != (k, 4):
-                raise ValueError(f"boxes must be ({k}, 4); got {boxes.shape}")
+        boxes = box_prompts(boxes, k)
         height, width = embedding.original_size
         if k == 0:
             return SegmentationBatch(
