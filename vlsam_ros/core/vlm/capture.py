@@ -371,15 +371,24 @@ def reference_attention_forward(module, query, key, value, attention_mask, scali
     return out, probs
 
 
-def register_attention_functions() -> None:
-    """Registers both functions (and their mask builders) with transformers. Idempotent."""
+def register_attention_pair(fast_name: str, fast_forward, reference_name: str,
+                            reference_forward) -> None:
+    """Registers two attention functions with transformers: ``fast_forward`` under
+    ``fast_name`` with sdpa's mask builder (boolean masks), ``reference_forward`` under
+    ``reference_name`` with eager's (additive float masks). Idempotent."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-    AttentionInterface.register(CAPTURE_IMPLEMENTATION, capture_attention_forward)
-    AttentionInterface.register(REFERENCE_IMPLEMENTATION, reference_attention_forward)
-    AttentionMaskInterface.register(CAPTURE_IMPLEMENTATION, sdpa_mask)
-    AttentionMaskInterface.register(REFERENCE_IMPLEMENTATION, eager_mask)
+    AttentionInterface.register(fast_name, fast_forward)
+    AttentionInterface.register(reference_name, reference_forward)
+    AttentionMaskInterface.register(fast_name, sdpa_mask)
+    AttentionMaskInterface.register(reference_name, eager_mask)
+
+
+def register_attention_functions() -> None:
+    """Registers the capture functions (and their mask builders) with transformers."""
+    register_attention_pair(CAPTURE_IMPLEMENTATION, capture_attention_forward,
+                            REFERENCE_IMPLEMENTATION, reference_attention_forward)
 
 
 def attention_modules(language_model: torch.nn.Module) -> list[torch.nn.Module]:

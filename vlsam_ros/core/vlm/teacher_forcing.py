@@ -130,13 +130,8 @@ def teacher_attention_forward(module, query, key, value, attention_mask, scaling
 
 def register_teacher_functions() -> None:
     """Registers the teacher-forced attention (fast and reference) with transformers."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-
-    AttentionInterface.register(TEACHER_FAST, teacher_attention_forward)
-    AttentionInterface.register(TEACHER_REFERENCE, teacher_attention_forward)
-    AttentionMaskInterface.register(TEACHER_FAST, sdpa_mask)
-    AttentionMaskInterface.register(TEACHER_REFERENCE, eager_mask)
+    capture.register_attention_pair(TEACHER_FAST, teacher_attention_forward,
+                                    TEACHER_REFERENCE, teacher_attention_forward)
 
 
 @dataclasses.dataclass
