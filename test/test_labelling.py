@@ -301,9 +301,12 @@ def test_cli_labels_a_folder(bags, tmp_path, ray_session, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_tiny_models_label_equals_replay(tmp_path, tiny_config, ray_session):
     """The production loaders (tiny LLaVA + MobileSAM) in 2 actors: the same bytes as a
-    single-process replay of each bag (a mcap and a sqlite3 bag)."""
+    single-process replay of each bag (a mcap and a sqlite3 bag). The replay runs on one
+    torch thread like the 1-CPU actors (Ray sets OMP_NUM_THREADS to an actor's CPUs): float
+    sums split over other thread counts round differently."""
     from vlsam_ros.core.pipeline import build_pipeline
 
     cfg = tiny_config(cameras=["/cam_front/image_raw"], vlm__max_new_tokens=4,
