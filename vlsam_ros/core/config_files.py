@@ -25,6 +25,18 @@ def _flatten_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """The YAML document in ``path``. ConfigError "<what> not found: PATH" when it is
+    missing, "PATH: not valid YAML: ..." (one line) when it does not parse."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+
+
 def parameters_from_yaml(path: str | Path, node_name: str = "vlsam") -> dict[str, Any]:
     """Reads a ROS 2 parameter file and returns its dotted parameters for ``node_name``.
 
@@ -32,12 +44,7 @@ def parameters_from_yaml(path: str | Path, node_name: str = "vlsam") -> dict[str
     (``/**``) entries apply first, then the node's own entry.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml_file(path)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping of node names to ros__parameters")
     flat: dict[str, Any] = {}

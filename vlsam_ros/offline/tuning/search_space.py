@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from vlsam_ros.core.config import ConfigError, from_flat, schema
+from vlsam_ros.core.config_files import read_yaml_file
 
 KINDS = ("uniform", "integers", "choice")
 
@@ -175,14 +176,7 @@ def _check_range(where: str, kind: str, values: Sequence[Any], field: Any) -> No
 
 def load_space(path: str | Path) -> SearchSpace:
     """SearchSpace from a YAML file; ConfigError when unreadable or invalid."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"search space file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    return parse_space(data, str(path))
+    return parse_space(read_yaml_file(path, "search space file"), str(path))
 
 
 def default_space() -> SearchSpace:
