@@ -36,10 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.attention import QUESTION, RssPeak, _trim  # noqa: E402
+from bench.attention import SETTINGS as ATTENTION_SETTINGS  # noqa: E402
 
 SETTINGS = {
-    "576": dict(image_size=336, patch=14, vision_hidden=256, vision_layers=2, text_hidden=1024,
-                text_layers=8, heads=16, kv_heads=16, intermediate=2816),
+    "576": ATTENTION_SETTINGS["576"],  # the same model as bench/attention.py's 576 case
     "144": dict(image_size=168, patch=14, vision_hidden=128, vision_layers=2, text_hidden=512,
                 text_layers=4, heads=8, kv_heads=8, intermediate=1024),
 }
