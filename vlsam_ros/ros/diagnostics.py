@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
+from typing import Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
@@ -155,6 +157,35 @@ class CameraCounts:
     dropped: int = 0
     malformed: int = 0
     failed: int = 0
+
+
+class CountWindow:
+    """The window between two periodic reports (``/diagnostics``, the rate line): the
+    seconds since the previous report and every camera's counts at it. Counts belong to one
+    activation (its frame slots), so the first report of a new activation compares with
+    zero received/dropped, not with the previous activation's counts."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+        self._slots: object = None
+        self._previous: list[CameraCounts] = []
+
+    def restart(self, slots: object = None, counts: Sequence[CameraCounts] = ()) -> None:
+        """The window starts now, at ``counts`` of the activation whose slots are ``slots``."""
+        self._last = time.monotonic()
+        self._slots, self._previous = slots, list(counts)
+
+    def advance(self, slots: object, counts: Sequence[CameraCounts]
+                ) -> tuple[float, list[CameraCounts]]:
+        """Ends the window at ``counts``; returns (its seconds, the counts at its start) and
+        starts the next one."""
+        now = time.monotonic()
+        period, self._last = now - self._last, now
+        previous = self._previous
+        if self._slots is not slots or len(previous) != len(counts):
+            previous = [CameraCounts(0, c.published, 0, c.malformed, c.failed) for c in counts]
+        self._slots, self._previous = slots, list(counts)
+        return period, previous
 
 
 def rate_line(period_s: float, cameras: list[tuple[str, CameraCounts, CameraCounts]]) -> str:

@@ -56,8 +56,8 @@ from vlsam_ros.core.errors import InvalidImageError, VlsamError
 from vlsam_ros.core.results import FrameResult
 from vlsam_ros.ros.detections import (frame_result_to_detection2d_array, frame_result_to_msg,
                                       latency_ms, vision_msgs_enabled)
-from vlsam_ros.ros.diagnostics import (CameraCounts, CameraReport, CameraStats, camera_status,
-                                   diagnostic_array, rate_line)
+from vlsam_ros.ros.diagnostics import (CameraCounts, CameraReport, CameraStats, CountWindow,
+                                   camera_status, diagnostic_array, rate_line)
 from vlsam_ros.ros.images import decode_image_msg
 from vlsam_ros.ros.latest_frame_slot import FrameSlots, SlotObserver
 from vlsam_ros.msg import DetectionArray
@@ -177,10 +177,8 @@ class VlsamNode(LifecycleNode):
         self._diagnostics_pub: Any = None
         self._diagnostics_timer: Any = None
         self._rate_timer: Any = None
-        self._rate_previous: tuple[Any, list[CameraCounts]] = (None, [])
-        self._rate_last = time.monotonic()
-        self._diag_previous: tuple[Any, list[int]] = (None, [])  # received per camera
-        self._last_diagnostics = time.monotonic()
+        self._rate_window = CountWindow()
+        self._diagnostics_window = CountWindow()
         self._pipeline: Any = None
         self._slots: FrameSlots | None = None
         self._worker: threading.Thread | None = None
@@ -252,11 +250,11 @@ class VlsamNode(LifecycleNode):
                 cam.detections_2d_pub = self.create_publisher(
                     detection_2d, cam.topics.detections_2d, OUTPUT_QOS)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._last_diagnostics = time.monotonic()
+        self._diagnostics_window.restart()
         self._diagnostics_timer = self.create_timer(cfg.node.diagnostics_period_s,
                                                     self._publish_diagnostics)
         if cfg.node.rate_log_period_s > 0:
-            self._rate_last = time.monotonic()
+            self._rate_window.restart()
             self._rate_timer = self.create_timer(cfg.node.rate_log_period_s, self._log_rates)
         self._problem = ""
         self.get_logger().info(
@@ -279,8 +277,8 @@ class VlsamNode(LifecycleNode):
             f"models loaded in {time.perf_counter() - started:.1f} s: vlm {cfg.vlm.model} "
             f"({cfg.vlm.family}), sam {cfg.sam.type} {cfg.sam.checkpoint}, on {cfg.device}")
         self._slots = FrameSlots(len(self._cameras), observer=self._slot_observer)
-        self._rate_last = time.monotonic()  # the next rate line covers this activation only
-        self._rate_previous = (self._slots, self.camera_counts_now())
+        # The next rate line covers this activation only.
+        self._rate_window.restart(self._slots, self.camera_counts_now())
         self._worker = threading.Thread(target=self._worker_loop,
                                         args=(self._slots, self._stop_token),
                                         name="vlsam-worker", daemon=True)
@@ -572,24 +570,16 @@ class VlsamNode(LifecycleNode):
         cfg = self.config
         if cfg is None or self._diagnostics_pub is None:
             return
-        now = time.monotonic()
-        period, self._last_diagnostics = now - self._last_diagnostics, now
-        slots = self._slots
-        counts = slots.counts() if slots is not None else None
-        previous_slots, previous = self._diag_previous
+        counts = self.camera_counts_now()
+        period, previous = self._diagnostics_window.advance(self._slots, counts)
         statuses = []
-        for index, cam in enumerate(self._cameras):
-            received = counts[index].received if counts else 0
-            dropped = counts[index].dropped if counts else 0
-            before = previous[index] if previous_slots is slots and index < len(previous) else 0
-            report = CameraReport(cam.topics.input, cam.stats.snapshot(period), received,
-                                  dropped, received_in_window=received - before)
+        for cam, now, before in zip(self._cameras, counts, previous):
+            report = CameraReport(cam.topics.input, cam.stats.snapshot(period), now.received,
+                                  now.dropped, received_in_window=now.received - before.received)
             statuses.append(camera_status(
                 report, node_name=self.get_fully_qualified_name(), state=self.lifecycle_state,
                 device=cfg.device, model=cfg.vlm.model, sam=f"{cfg.sam.type} {cfg.sam.checkpoint}",
                 problem=self._problem))
-        self._diag_previous = (slots, [counts[i].received if counts else 0
-                                       for i in range(len(self._cameras))])
         self._diagnostics_pub.publish(diagnostic_array(self.get_clock().now().to_msg(), statuses))
 
     def camera_counts_now(self) -> list[CameraCounts]:
@@ -606,16 +596,10 @@ class VlsamNode(LifecycleNode):
 
     def _log_rates(self) -> None:
         """The periodic rate line (``node.rate_log_period_s``), while serving."""
-        slots = self._slots
-        if slots is None:
+        if self._slots is None:
             return
-        now_t = time.monotonic()
-        period, self._rate_last = now_t - self._rate_last, now_t
-        previous_slots, previous = self._rate_previous
         now = self.camera_counts_now()
-        if previous_slots is not slots or len(previous) != len(now):  # defensive
-            previous = [CameraCounts(0, c.published, 0, c.malformed, c.failed) for c in now]
-        self._rate_previous = (slots, now)
+        period, previous = self._rate_window.advance(self._slots, now)
         self.get_logger().info(rate_line(period, [(cam.topics.input, before, after) for cam,
                                                   before, after in zip(self._cameras, previous,
                                                                        now)]))
