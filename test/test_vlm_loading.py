@@ -130,6 +130,16 @@ def test_invalid_image_raises(tiny_llava, bad):
         tiny_llava.describe([bad], ["q"], cfg.vlm, cfg.attention)
 
 
+def test_attend_checks_every_image_like_describe(tiny_llava):
+    """attend (Salience DropOut's teacher-forced re-run) refuses what describe refuses,
+    naming the image by its index."""
+    cfg = _cfg("llava", "unused")
+    good = np.zeros((10, 10, 3), np.uint8)
+    for bad in (np.zeros((1, 10, 3), np.uint8), np.zeros((10, 10, 3), np.float32)):
+        with pytest.raises(InvalidImageError, match="^image 1"):
+            tiny_llava.attend([good, bad], ["q", "q"], [None, None], cfg.vlm, cfg.attention)
+
+
 def test_garbage_output_gives_no_objects_and_raw_text(tiny_llava, monkeypatch):
     """Whatever the model emits (here: only punctuation), the answer is well formed."""
     cfg = _cfg("llava", "unused")

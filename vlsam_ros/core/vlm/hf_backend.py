@@ -51,6 +51,18 @@ from vlsam_ros.core.vlm.token_rows import query_rows
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+MIN_IMAGE_SIDE = 2
+"""Smallest image side (pixels) the backend takes: the processors resize from at least
+2 x 2."""
+
+
+def _checked_images(images: Sequence[Any]) -> list[np.ndarray]:
+    """``images`` checked (RGB uint8 (H, W, 3), sides >= MIN_IMAGE_SIDE); InvalidImageError
+    names the first bad one by its index."""
+    return [check_image(im, min_side=MIN_IMAGE_SIDE, what=f"image {i}")
+            for i, im in enumerate(images)]
+
+
 @dataclasses.dataclass(frozen=True)
 class _Sample:
     """Bookkeeping of one batch row after generate."""
@@ -151,8 +163,7 @@ class HuggingFaceVlm:
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         if not images:
             return []
-        images = [check_image(im, min_side=2, what=f"image {i}")
-                  for i, im in enumerate(images)]
+        images = _checked_images(images)
         prompts = [self._prompt(q, with_image=True) for q in questions]
         processor = self.fitted_processor(vlm_cfg)
         self.match_model_to(processor)
@@ -229,7 +240,7 @@ class HuggingFaceVlm:
         """Maps of ``answers[i]``'s objects on ``images[i]`` (same size as the image the
         answer came from), its generated text fed back without generating
         (``teacher_forcing.attend``; Salience DropOut)."""
-        images = [check_image(im, i) for i, im in enumerate(images)]
+        images = _checked_images(images)
         return teacher_forcing.attend(self, images, questions, answers, vlm_cfg, attn_cfg)
 
     def generate_text(self, prompt: str, vlm_cfg: VlmConfig) -> str:
