@@ -257,6 +257,21 @@ def test_every_option_of_every_tool_has_help(tool):
     assert parser.epilog and "Exit status" in parser.epilog or tool == "vlsam-node-runner"
 
 
+def test_replay_reads_the_config_entry_of_its_node_name(tmp_path):
+    """--node-name X reads X's entry of the --config file (after ``/**``), like the node."""
+    from vlsam_ros.offline.replay.replay_bag import build_parser
+    from vlsam_ros.tools.config_options import config_from_source_options
+
+    params = tmp_path / "p.yaml"
+    params.write_text("/**: {ros__parameters: {prompts: {threshold: 0.3}}}\n"
+                      "vlsam: {ros__parameters: {prompts: {threshold: 0.4}}}\n"
+                      "front: {ros__parameters: {prompts: {threshold: 0.6}}}\n")
+    for name, threshold in (("vlsam", 0.4), ("front", 0.6), ("rear", 0.3)):
+        args = build_parser().parse_args(["in", "out", "--config", str(params),
+                                          "--node-name", name])
+        assert config_from_source_options(args).prompts.threshold == threshold, name
+
+
 def test_runner_and_replay_print_config_and_list_keys(tmp_path):
     from vlsam_ros.core.config import schema
     from vlsam_ros.core.config_files import load_config

@@ -38,11 +38,13 @@ def add_config_source_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_source_options(args: argparse.Namespace) -> VlsamConfig:
     """The configuration ``add_config_source_options`` describes: ``--config`` (checked to be
-    a readable file), then ``--profile``, then ``--set``. Errors are ``ToolError`` /
+    a readable file; its ``/**`` entry, then the entry of ``--node-name`` when the tool has
+    one, else of ``vlsam``), then ``--profile``, then ``--set``. Errors are ``ToolError`` /
     ``ValueError`` with a one-line reason, as the tools report them."""
     if args.config is not None:
         check_input(Path(args.config), "--config", folder=False)
-    return load_config(args.config, parse_set_flags(args.set), profile=args.profile)
+    return load_config(args.config, parse_set_flags(args.set),
+                       getattr(args, "node_name", "vlsam"), profile=args.profile)
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
