@@ -317,6 +317,17 @@ def test_clip_scorer_is_the_cosine_of_clip_embeddings(tiny_clip):
     assert got.shape == (3,) and np.all(np.abs(got) <= 1.0)
 
 
+def test_clip_on_a_missing_cuda_device_is_the_projects_device_error(tiny_clip):
+    import torch
+
+    from vlsam_ros.core.errors import DeviceUnavailableError
+    from vlsam_ros.offline.tuning.clip_scorer import ClipScorer
+
+    device = f"cuda:{torch.cuda.device_count()}"  # one past the last device, if any
+    with pytest.raises(DeviceUnavailableError):
+        ClipScorer.load(tiny_clip, device=device)
+
+
 def test_missing_clip_folder_says_what_to_get(tmp_path):
     from vlsam_ros.offline.tuning.clip_scorer import ClipScorer
 

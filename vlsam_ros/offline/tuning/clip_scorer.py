@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vlsam_ros.core.device import resolve_device
 from vlsam_ros.core.errors import ModelLoadError, ModelNotFoundError
 
 SUGGESTED_CLIP = "openai/clip-vit-base-patch32"
@@ -56,7 +57,9 @@ class ClipScorer:
                                  f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
                                  f"expected a CLIPModel checkpoint such as {SUGGESTED_CLIP}"
                                  ) from None
-        return cls(model.to(device), processor, device, batch_size, name=f"clip:{folder.name}")
+        torch_device = resolve_device(device)  # DeviceUnavailableError, never a fallback
+        return cls(model.to(torch_device), processor, str(torch_device), batch_size,
+                   name=f"clip:{folder.name}")
 
     def similarity(self, images: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
         import torch

@@ -29,6 +29,7 @@ from vlsam_ros.offline.tuning.reward import (DEFAULT_TEXT_TEMPLATE, ImageTextSco
                                              frame_reward)
 from vlsam_ros.offline.tuning.search_space import SearchSpace
 from vlsam_ros.offline.tuning.vlm_cache import CachedVlm
+from vlsam_ros.tools.cli import write_text_atomically
 
 CHECKPOINT_FORMAT = 1
 
@@ -102,9 +103,7 @@ def _rewrite(path: Path, header: dict[str, Any], trials: dict[int, Trial]) -> No
     by a crash, so the next appended trial starts on a line of its own."""
     text = "".join(json.dumps(r) + "\n" for r in
                    [header] + [dataclasses.asdict(trials[i]) for i in sorted(trials)])
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomically(path, text)
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
