@@ -90,7 +90,12 @@ def black_out(image: np.ndarray, dropped: np.ndarray, cells: np.ndarray) -> np.n
 def normalized_sum(maps: Sequence[np.ndarray]) -> np.ndarray:
     """``minmax(sum_t a^(t))`` per object: maps are float (K, H, W) each; a constant sum
     becomes zeros. Returns float32 (K, H, W)."""
-    total = np.sum(np.stack([m.astype(np.float64) for m in maps]), axis=0)
+    return minmax_per_object(np.sum(np.stack([m.astype(np.float64) for m in maps]), axis=0))
+
+
+def minmax_per_object(total: np.ndarray) -> np.ndarray:
+    """float (K, H, W) -> float32 (K, H, W), each object's map min-max scaled to [0, 1]; a
+    constant map becomes zeros."""
     lo = total.min(axis=(1, 2), keepdims=True)
     hi = total.max(axis=(1, 2), keepdims=True)
     span = hi - lo
@@ -103,7 +108,7 @@ class _Row:
     cells: np.ndarray
     num_cells: int
     dropped: np.ndarray
-    maps: list[np.ndarray]
+    total: np.ndarray      # float64 (K, H, W): the sum of the maps so far
 
 
 def complete_maps(vlm: Any, images: Sequence[np.ndarray], questions: Sequence[str],
@@ -127,12 +132,13 @@ def complete_maps(vlm: Any, images: Sequence[np.ndarray], questions: Sequence[st
             continue
         cells = pixel_cells(image.shape[:2], answer.grid_shape, answer.grid_box_xyxy)
         num = answer.grid_shape[0] * answer.grid_shape[1]
-        rows.append(_Row(b, cells, num, np.zeros(num, bool), [answer.attention_maps]))
+        rows.append(_Row(b, cells, num, np.zeros(num, bool),
+                         answer.attention_maps.astype(np.float64)))
     for t in range(iterations):
         cancellation.check(f"before Salience DropOut iteration {t + 1} of {iterations}")
         active, dropped_images = [], []
         for row in rows:
-            salience = cell_means(np.sum(row.maps, axis=(0, 1)), row.cells, row.num_cells)
+            salience = cell_means(row.total.sum(axis=0), row.cells, row.num_cells)
             chosen = select_patches(salience, row.dropped, patches)
             if np.array_equal(chosen, row.dropped):
                 continue                                   # nothing left to drop
@@ -144,9 +150,9 @@ def complete_maps(vlm: Any, images: Sequence[np.ndarray], questions: Sequence[st
         new_maps = vlm.attend(dropped_images, [questions[r.index] for r in active],
                               [answers[r.index] for r in active], vlm_cfg, attn_cfg)
         for row, maps in zip(active, new_maps):
-            row.maps.append(maps)
+            row.total += maps
     out = list(answers)
     for row in rows:
         out[row.index] = dataclasses.replace(answers[row.index],
-                                             attention_maps=normalized_sum(row.maps))
+                                             attention_maps=minmax_per_object(row.total))
     return out

@@ -43,6 +43,7 @@ from vlsam_ros.core.errors import AttentionUnavailableError
 from vlsam_ros.core.gradcam import gradcam_layer_rows, gradcam_top_rows
 from vlsam_ros.core.vlm import capture
 from vlsam_ros.core.vlm.prefix_sharing import TOKEN_KEYS
+from vlsam_ros.core.vlm.token_rows import query_rows
 
 if TYPE_CHECKING:
     from vlsam_ros.core.vlm.capture import AttentionRecorder, RowCapture
@@ -202,12 +203,6 @@ def forced_inputs(vlm: HuggingFaceVlm, image: np.ndarray, question: str,
     return inputs, p, ids
 
 
-def object_rows_of(prompt_len: int, answer_objects) -> tuple[tuple[int, ...], ...]:
-    """Query rows of each object: ``P + t - 1`` for each generated token t of its span."""
-    return tuple(tuple(prompt_len + t - 1 for t in range(*o.token_span))
-                 for o in answer_objects)
-
-
 def forced_rows(vlm: HuggingFaceVlm, images: Sequence[np.ndarray], questions: Sequence[str],
                 token_ids: Sequence[Sequence[int]], objects: Sequence[Sequence],
                 vlm_cfg: VlmConfig, attn_cfg: AttentionConfig, *, capture_attention: bool,
@@ -231,7 +226,7 @@ def forced_rows(vlm: HuggingFaceVlm, images: Sequence[np.ndarray], questions: Se
             cancellation.check(f"before teacher-forced forward {b + 1} of {len(images)}")
             inputs, p, ids = forced_inputs(vlm, image, question, ids_b, vlm_cfg)
             n = p + len(ids_b) - 1
-            rows = object_rows_of(p, objs)
+            rows = tuple(query_rows(p, o.token_span) for o in objs)
             row = ForcedRow(p, n, rows, ids, inputs)
             out.append(row)
             if not ids_b or not objs:
