@@ -21,10 +21,9 @@ from vlsam_ros.core.segmenter.concept import ConceptSegmenter
 
 @dataclasses.dataclass
 class ConceptStats:
-    """Concept work over a frame: names proposed for, instances kept, objects handed to
-    the point path, and milliseconds in ``propose``."""
+    """Concept work over a frame: instances kept, objects handed to the point path, and
+    milliseconds in ``propose``."""
 
-    names: int = 0
     kept: int = 0
     fallbacks: int = 0
     concept_ms: float = 0.0
@@ -46,7 +45,6 @@ def concept_candidates(segmenter: ConceptSegmenter, embedding: Any,
     start = time.perf_counter()
     proposals = dict(zip(names, segmenter.propose(embedding, names, cfg)))
     stats.concept_ms += (time.perf_counter() - start) * 1e3
-    stats.names += len(names)
     candidates: list[Candidate] = []
     rest: list[ObjectMap] = []
     for obj in objects:

@@ -117,8 +117,9 @@ def complete_maps(vlm: Any, images: Sequence[np.ndarray], questions: Sequence[st
     """Salience DropOut over a batch of answers (module docstring): each iteration is ONE
     ``vlm.attend`` batch of every row that still has objects and cells to drop.
 
-    images[b] / questions[b]: what answers[b] was generated from. Returns the answers with
-    their maps replaced by the normalised sums (text and objects unchanged).
+    ``vlm``: a ``TeacherForcedVlm`` (core/vlm/base.py; ConfigError for one without
+    ``attend``). images[b] / questions[b]: what answers[b] was generated from. Returns the
+    answers with their maps replaced by the normalised sums (text and objects unchanged).
     """
     if iterations < 1:
         return list(answers)

@@ -59,12 +59,8 @@ class SharedPrefixKV:
                   for g, rows in enumerate(self.rows)]
         return joined[:, :, self.width:], prefix
 
-    def nbytes(self) -> int:
-        return sum(t.untyped_storage().nbytes() for per_layer in (*self.keys, *self.values)
-                   for t in per_layer)
 
-
-def _own_mask(attention_mask: torch.Tensor | None, q: int, k: int, batch: int,
+def _own_mask(attention_mask: torch.Tensor | None, q: int, k: int,
               device: torch.device) -> torch.Tensor:
     """(B or 1, 1, q, k) additive float32 mask of the own keys: transformers' bool mask
     (True = attend) or additive float mask, or (None) causal with the queries being the
@@ -101,7 +97,7 @@ def shared_prefix_attention(query: torch.Tensor, key: torch.Tensor, value: torch
     b, h, q, d = query.shape
     kv, k = key.shape[1], key.shape[2]
     group = h // kv
-    own_mask = _own_mask(attention_mask, q, k, b, query.device)
+    own_mask = _own_mask(attention_mask, q, k, query.device)
     out = torch.empty((b, h, q, d), dtype=value.dtype, device=value.device)
     probs_out = (torch.zeros((b, h, q, prefix.width + k), dtype=torch.float32,
                              device=query.device) if want_probs else None)
