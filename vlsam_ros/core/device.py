@@ -11,6 +11,11 @@ import torch
 from vlsam_ros.core.errors import DeviceUnavailableError
 
 
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16,
+                "bfloat16": torch.bfloat16}
+"""The dtype names of the config's ``*dtype`` fields and their torch dtypes."""
+
+
 def resolve_device(name: str) -> torch.device:
     """'cpu', 'cuda' or 'cuda:N' -> torch.device.
 

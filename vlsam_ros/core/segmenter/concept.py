@@ -22,9 +22,9 @@ import torch
 from vlsam_ros.core import cancellation
 from vlsam_ros.core.concept_selection import InstanceProposals
 from vlsam_ros.core.config import ConceptConfig, VlsamConfig
-from vlsam_ros.core.device import resolve_device
+from vlsam_ros.core.device import TORCH_DTYPES, resolve_device
 from vlsam_ros.core.errors import ModelLoadError
-from vlsam_ros.core.segmenter.hf_sam import DTYPES, read_model_type
+from vlsam_ros.core.segmenter.hf_sam import read_model_type
 
 SAM3_CHECKPOINT = "facebook/sam3"
 """The published SAM 3 checkpoint in transformers format."""
@@ -64,7 +64,7 @@ def load_concept_segmenter(cfg: VlsamConfig) -> Sam3ConceptSegmenter:
         raise ModelLoadError(f"concept.model '{path}' holds a {model_type!r} model, not SAM 3 "
                              f"({', '.join(SAM3_MODEL_TYPES)}). {hint}")
     model = Sam3Model.from_pretrained(path, local_files_only=True,
-                                      dtype=DTYPES[cfg.concept.dtype])
+                                      dtype=TORCH_DTYPES[cfg.concept.dtype])
     try:
         processor = Sam3Processor.from_pretrained(path, local_files_only=True)
     except OSError as exc:

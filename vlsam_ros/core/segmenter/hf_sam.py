@@ -38,10 +38,10 @@ import torch
 
 from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import SamConfig
+from vlsam_ros.core.device import TORCH_DTYPES
 from vlsam_ros.core.errors import ModelLoadError, ModelNotFoundError
 from vlsam_ros.core.segmenter.base import SegmentationBatch, box_prompts, point_prompts
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +119,7 @@ def load_hf_sam(sam_cfg: SamConfig, device: torch.device) -> HfSamSegmenter:
                              f"sam.backend is {family.backend} ({fix}). {hint}")
     model_class, processor_class = family.classes()
     model = model_class.from_pretrained(path, local_files_only=True,
-                                        dtype=DTYPES[sam_cfg.dtype])
+                                        dtype=TORCH_DTYPES[sam_cfg.dtype])
     try:
         processor = processor_class.from_pretrained(path, local_files_only=True)
     except OSError as exc:

@@ -41,14 +41,13 @@ import torch
 import torch.nn.functional as F
 
 from vlsam_ros.core.config import ConfigError, TrackingConfig, VlsamConfig
-from vlsam_ros.core.device import resolve_device
+from vlsam_ros.core.device import TORCH_DTYPES, resolve_device
 from vlsam_ros.core.errors import ModelNotFoundError
 from vlsam_ros.core.tracking.followers import FollowInput, FollowOutput, empty_output
 from vlsam_ros.core.tracking.motion import FlowSettings, carry_mask
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF_MEAN, HALF_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +125,7 @@ def load_video_tracker(cfg: VlsamConfig) -> VideoTracker:
         raise ConfigError(f"tracking.memory_model={str(path)!r}: model_type {model_type!r} is "
                           f"not a SAM 2-family video tracker ({sorted(VIDEO_FAMILIES)})")
     device = resolve_device(cfg.device)
-    dtype = DTYPES[cfg.tracking.memory_dtype]
+    dtype = TORCH_DTYPES[cfg.tracking.memory_dtype]
     model_class, _ = family.classes()
     model = model_class.from_pretrained(path, local_files_only=True, dtype=dtype)
     return VideoTracker(model.to(device).eval(), family, device, dtype)

@@ -48,7 +48,6 @@ from vlsam_ros.core.vlm.image_fit import ImageFit, fit_processor
 from vlsam_ros.core.vlm.object_names import parse_object_names, token_char_spans
 from vlsam_ros.core.vlm.token_rows import query_rows
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 MIN_IMAGE_SIDE = 2

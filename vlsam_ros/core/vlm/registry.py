@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Iterator
 
 from vlsam_ros.core.config import VlmConfig, VlsamConfig
-from vlsam_ros.core.device import resolve_device
+from vlsam_ros.core.device import TORCH_DTYPES, resolve_device
 from vlsam_ros.core.errors import ModelLoadError, ModelNotFoundError
 from vlsam_ros.core.vlm.hf_backend import (HuggingFaceVlm, Idefics3Vlm, LlavaNextVlm, LlavaVlm,
-                                           Qwen2VlVlm, _DTYPES)
+                                           Qwen2VlVlm)
 
 LOG = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def load_vlm(cfg: VlsamConfig) -> HuggingFaceVlm:
             processor = AutoProcessor.from_pretrained(
                 source, local_files_only=vcfg.local_files_only)
             model = AutoModelForImageTextToText.from_pretrained(
-                source, dtype=_DTYPES[vcfg.dtype], local_files_only=vcfg.local_files_only,
+                source, dtype=TORCH_DTYPES[vcfg.dtype], local_files_only=vcfg.local_files_only,
                 attn_implementation="sdpa")
     except OSError as exc:   # transformers' "not in cache / no such file" error
         raise ModelNotFoundError(missing_model_message(
