@@ -190,7 +190,6 @@ def build_parser() -> ToolParser:
     parser.add_argument("--checkpoint-every", type=positive_float, default=2.0,
                         help="seconds between checkpoint syncs to disk (default 2)")
     parser.add_argument("--summary", help="write the summary as JSON to this file")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_options(parser)
     return parser
 

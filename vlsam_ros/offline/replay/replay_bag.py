@@ -224,7 +224,6 @@ def build_parser() -> ToolParser:
     add_config_source_options(parser)
     add_replay_arguments(parser)
     parser.add_argument("--stats", help="write throughput and counts to this JSON file")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_options(parser)
     return parser
 

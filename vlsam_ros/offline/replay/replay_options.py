@@ -65,8 +65,8 @@ def replay_options_from_args(args: argparse.Namespace) -> ReplayOptions:
 
 
 def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
-    """The command-line form of ``ReplayOptions`` (all but ``progress``), shared by
-    ``vlsam-replay-bag`` and ``vlsam-label`` so both read the same options the same way."""
+    """The command-line form of ``ReplayOptions`` (``progress`` is ``--no-progress``), shared
+    by ``vlsam-replay-bag`` and ``vlsam-label`` so both read the same options the same way."""
     parser.add_argument("--topics", nargs="+", help="camera topics (default: cameras from "
                                                     "the config)")
     parser.add_argument("--overlay", action="store_true", help="also write overlay images")
@@ -79,3 +79,4 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-bad-frame", choices=BAD_FRAME_POLICIES, default="skip",
                         help="undecodable frames: skip (logged, recorded) or error (the bag "
                              "fails)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
