@@ -37,6 +37,7 @@ class ClipScorer:
         self.device = device
         self.batch_size = batch_size
         self.name = name
+        self._text_emb: dict[str, Any] = {}  # unit text embedding per text, made once
 
     @classmethod
     def load(cls, folder: str | Path, device: str = "cpu", batch_size: int = 16
@@ -68,19 +69,21 @@ class ClipScorer:
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
         if not images:
             return np.zeros(0, dtype=np.float64)
-        unique = sorted(set(texts))
+        new = sorted(set(texts) - self._text_emb.keys())
         with torch.inference_mode():
-            tok = self.processor(text=unique, return_tensors="pt", padding=True, truncation=True)
-            text_emb = _unit(_features(self.model.get_text_features(
-                **{k: v.to(self.device) for k, v in tok.items()})))
-            row = {t: i for i, t in enumerate(unique)}
+            if new:  # the tuner scores the same few label texts in every trial
+                tok = self.processor(text=new, return_tensors="pt", padding=True,
+                                     truncation=True)
+                emb = _unit(_features(self.model.get_text_features(
+                    **{k: v.to(self.device) for k, v in tok.items()})))
+                self._text_emb.update(zip(new, emb))
             out = []
             for start in range(0, len(images), self.batch_size):
                 chunk = [np.ascontiguousarray(im) for im in images[start:start + self.batch_size]]
                 pix = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
                 img_emb = _unit(_features(self.model.get_image_features(
                     pixel_values=pix.to(self.device))))
-                txt = text_emb[[row[t] for t in texts[start:start + len(chunk)]]]
+                txt = torch.stack([self._text_emb[t] for t in texts[start:start + len(chunk)]])
                 out.append((img_emb * txt).sum(-1).double().cpu().numpy())
         return np.concatenate(out)
 
