@@ -26,7 +26,8 @@ from vlsam_ros.core.config import AttentionConfig, SamConfig, VlmConfig
 from vlsam_ros.offline.evaluation.coda_recall import (class_agnostic_recall, coco_result,
                                                      load_ground_truth)
 from vlsam_ros.core.results import FrameResult, ObjectName, VlmAnswer
-from vlsam_ros.core.segmenter.base import LOW_RES_MASK_SIZE, SegmentationBatch
+from vlsam_ros.core.segmenter.base import (LOW_RES_MASK_SIZE, SAM_MASK_PROMPT_FRAME,
+                                          SegmentationBatch)
 
 BACKGROUND = (40, 40, 40)
 
@@ -76,6 +77,7 @@ class OracleSegmenter:
     embed_calls: int = 0
     calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     sam_cfg: SamConfig | None = None       # the settings of the latest segment call
+    mask_prompt_frame = SAM_MASK_PROMPT_FRAME  # its mask prompts are SAM-shaped logits
 
     def embed(self, image: np.ndarray) -> np.ndarray:
         self.embed_calls += 1

@@ -80,6 +80,10 @@ class GatedSegmenter:
         self.inner = inner
         self.gate = gate
 
+    @property
+    def mask_prompt_frame(self) -> tuple[int, bool]:
+        return self.inner.mask_prompt_frame
+
     def embed(self, image: np.ndarray) -> Any:
         self.gate.wait_turn()
         return self.inner.embed(image)

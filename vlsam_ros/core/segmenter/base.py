@@ -56,7 +56,20 @@ class SegmentationBatch:
     low_res_logits: np.ndarray
 
 
+SAM_MASK_PROMPT_FRAME = (LOW_RES_MASK_SIZE, False)
+"""``mask_prompt_frame`` of SAM / MobileSAM and of the decoders shaped like them: 256 x 256
+logits over the image resized (longest side) and padded to the square."""
+
+
 class PromptableSegmenter(Protocol):
+    @property
+    def mask_prompt_frame(self) -> tuple[int, bool]:
+        """(S, square_resize): side of the low-resolution logits a mask prompt must have,
+        and whether the model stretches the image to its square input (else it resizes the
+        longest side and pads), for mask prompts made from a mask
+        (``tracking.followers.mask_to_low_res_logits``)."""
+        ...
+
     def embed(self, image: np.ndarray) -> Any:
         """Runs the image encoder once. image: RGB uint8 (H, W, 3). Returns an opaque handle."""
         ...

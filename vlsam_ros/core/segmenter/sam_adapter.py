@@ -22,8 +22,8 @@ from vlsam_ros.core import cancellation
 from vlsam_ros.core.config import SamConfig, VlsamConfig
 from vlsam_ros.core.device import resolve_device
 from vlsam_ros.core.errors import ModelLoadError, ModelNotFoundError
-from vlsam_ros.core.segmenter.base import (LOW_RES_MASK_SIZE, SegmentationBatch, box_prompts,
-                                          point_prompts)
+from vlsam_ros.core.segmenter.base import (LOW_RES_MASK_SIZE, SAM_MASK_PROMPT_FRAME,
+                                          SegmentationBatch, box_prompts, point_prompts)
 from vlsam_ros.core.segmenter.factored_decoder import (
     ImageSideCache, build_image_side_cache, decode_best_masks)
 
@@ -205,6 +205,11 @@ class SamSegmenter:
         self.resize = transforms.ResizeLongestSide(int(model.image_encoder.img_size))
         for block in _encoder_blocks(model.image_encoder):  # cancellation safe points
             block.register_forward_pre_hook(_encoder_safe_point)
+
+    @property
+    def mask_prompt_frame(self) -> tuple[int, bool]:
+        """SAM_MASK_PROMPT_FRAME (PromptableSegmenter.mask_prompt_frame)."""
+        return SAM_MASK_PROMPT_FRAME
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> SamEmbedding:

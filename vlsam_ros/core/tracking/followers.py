@@ -205,9 +205,7 @@ class FlowFollower:
                 points[row, :len(pts)] = pts
                 labels[row, :len(pts)] = 1
                 points_out[i], labels_out[i] = pts, np.ones(len(pts), np.int8)
-            # The segmenter's low-res frame (hf_sam adapters say theirs; SAM's otherwise).
-            side, square = getattr(self.segmenter, "mask_prompt_frame", (LOW_RES_MASK_SIZE,
-                                                                         False))
+            side, square = self.segmenter.mask_prompt_frame
             logits = (np.stack([mask_to_low_res_logits(moved[i][0], cfg.flow_mask_prompt_logit,
                                                        side, square)
                                 for i in live]) if cfg.flow_mask_prompt else None)

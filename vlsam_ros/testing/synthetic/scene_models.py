@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from vlsam_ros.core.results import ObjectName, VlmAnswer
-from vlsam_ros.core.segmenter.base import SegmentationBatch
+from vlsam_ros.core.segmenter.base import SAM_MASK_PROMPT_FRAME, SegmentationBatch
 from vlsam_ros.core.tracking.followers import mask_to_low_res_logits
 from vlsam_ros.testing.synthetic.moving_scene import MovingScene, SceneFrame
 
@@ -55,6 +55,8 @@ class _OracleEmbedding:
 class SceneOracleSegmenter:
     """PromptableSegmenter double (module docstring). ``iou_prediction`` is reported for
     every mask; ``embed_calls`` / ``segment_calls`` / ``prompts`` count the work done."""
+
+    mask_prompt_frame = SAM_MASK_PROMPT_FRAME  # mask prompts come as SAM-shaped logits
 
     def __init__(self, scene: MovingScene, iou_prediction: float = 0.9,
                  delay_s: float = 0.0) -> None:
